@@ -1,0 +1,96 @@
+"""Teacher adaptors: summary and feature heads for one distillation teacher (spec adaptors.md).
+
+An :class:`Adaptor` maps the backbone's output into one teacher's space: its summary head reads
+the summary token at ``head_idx`` (the teacher's token slot), its feature head maps every patch
+token (optionally onto a finer grid). Teachers with a text tower (``open_clip``, ``siglip2``) also
+expose ``tokenizer`` and ``encode_text``; the tower is built lazily on first text use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .heads import upsample_tokens
+from .outputs import RadioOutput, to_nchw
+
+if TYPE_CHECKING:
+    from .text_encoders import TextEncoder
+
+__all__ = ["Adaptor"]
+
+
+class Adaptor(nn.Module):
+    """Summary head + feature head of one teacher.
+
+    Args:
+        name: teacher name (the key in ``model.adaptors`` and in the output dict).
+        head_idx: summary token this adaptor reads (the teacher's ``token_slot``).
+        head_mlp: summary head.
+        feat_mlp: feature head.
+        upsample_factor: ``fd_upsample_factor`` of the feature head (1 for none).
+        text: the teacher's text encoder, if it has one.
+    """
+
+    def __init__(self, name: str, head_idx: int, head_mlp: nn.Module, feat_mlp: nn.Module,
+                 upsample_factor: int = 1, text: Optional["TextEncoder"] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.head_idx = head_idx
+        self.head_mlp = head_mlp
+        self.feat_mlp = feat_mlp
+        self.upsample_factor = upsample_factor
+        self.text = text
+
+    @property
+    def has_text(self) -> bool:
+        """Whether this teacher comes with a text tower (``tokenizer`` / ``encode_text``)."""
+        return self.text is not None
+
+    def _text(self) -> "TextEncoder":
+        if self.text is None:
+            raise AttributeError(
+                f"Adaptor {self.name!r} has no text encoder: only teachers of type 'open_clip' or 'siglip2' "
+                "support tokenizer/encode_text."
+            )
+        return self.text
+
+    def tokenizer(self, texts: Sequence[str]) -> Any:
+        """Tokenize ``texts`` for :meth:`encode_text` (the teacher's own tokenizer)."""
+        return self._text().tokenizer(texts)
+
+    def encode_text(self, tokens: Any, normalize: bool = False) -> torch.Tensor:
+        """Embed tokenized text into this teacher's space, ``(B, D_text)``."""
+        return self._text().encode_text(tokens, normalize=normalize)
+
+    def _param_dtype(self) -> torch.dtype:
+        return next(self.head_mlp.parameters()).dtype
+
+    def forward(self, summary: torch.Tensor, features: torch.Tensor, grid_hw: Tuple[int, int],
+                feature_fmt: str = "NLC") -> RadioOutput:
+        """Run both heads.
+
+        Args:
+            summary: the summary tokens ``(B, K, D)`` (or one vector ``(B, D)``), float32.
+            features: normalized patch tokens ``(B, h*w, D)`` in the backbone dtype.
+            grid_hw: ``(h, w)``.
+            feature_fmt: ``'NLC'`` or ``'NCHW'``.
+
+        Returns:
+            ``RadioOutput`` in float32: summary ``(B, O)``, features ``(B, h*w*u*u, c)`` or NCHW.
+        """
+        if summary.ndim == 3:
+            summary = summary[:, 0] if summary.shape[1] == 1 else summary[:, self.head_idx]
+        dtype = self._param_dtype()
+        s = self.head_mlp(summary.to(dtype)).to(summary.dtype)
+        f = self.feat_mlp(features.to(dtype)).to(features.dtype)
+        f = upsample_tokens(f, grid_hw, self.upsample_factor)
+        u = self.upsample_factor
+        if feature_fmt == "NCHW":
+            f = to_nchw(f, (grid_hw[0] * u, grid_hw[1] * u))
+        return RadioOutput(s.float(), f.float())
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, head_idx={self.head_idx}, upsample_factor={self.upsample_factor}"

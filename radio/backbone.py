@@ -1,0 +1,231 @@
+"""The RADIO vision transformer: CPE patch generator + timm blocks + optional final norm.
+
+Built from timm's ``Block`` with every structural option given at construction (no surgery on a
+built timm model). ViTDet windowed attention is a per-block constructor option, as in SAM's image
+encoder: a windowed block attends within ``ws x ws`` windows of patch tokens while the prefix
+tokens (summary tokens and registers) wait unchanged for the next global block (spec vitdet.md).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from timm.layers import Mlp
+from timm.models.vision_transformer import Block
+
+from .architectures import ArchSpec
+from .layers.patch_generator import PatchGenerator, position_grid_size
+from .layers.windows import window_partition, window_unpartition
+
+__all__ = ["DyT", "NormMlp", "RadioBlock", "RadioViT", "ScaledLayerNorm", "SwiGLU", "vitdet_global_blocks"]
+
+_LN_EPS = 1e-6
+
+
+class DyT(nn.Module):
+    """Dynamic tanh, ``gamma * tanh(alpha * x) + beta``: the LayerNorm replacement of DyT ViTs."""
+
+    def __init__(self, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1,), 0.9, device=device, dtype=dtype))
+        self.gamma = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * torch.tanh(self.alpha * x) + self.beta
+
+
+class ScaledLayerNorm(nn.LayerNorm):
+    """LayerNorm whose output is scaled by the constant ``1 / sqrt(depth_index + 1)`` (ViT-g scaled_ln)."""
+
+    def __init__(self, dim: int, depth_index: int, eps: float = _LN_EPS, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(dim, eps=eps, device=device, dtype=dtype)
+        self.depth_index = depth_index
+        self.register_buffer("ln_scale", torch.empty((), device=device, dtype=torch.float32), persistent=False)
+        self.reset_non_persistent_buffers()
+
+    def reset_non_persistent_buffers(self) -> None:
+        """(Re)compute the constant buffer, e.g. after the module was built on the meta device."""
+        if self.ln_scale.is_meta:
+            self.ln_scale = torch.empty((), dtype=torch.float32, device="cpu")
+        with torch.no_grad():
+            self.ln_scale.fill_((self.depth_index + 1) ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.ln_scale
+
+
+class SwiGLU(nn.Module):
+    """DINOv2-g feed-forward: ``w3(silu(a) * b)`` with ``a, b`` the halves of ``w12(x)``."""
+
+    def __init__(self, in_features: int, hidden_features: int, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None, **_: object) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(in_features, 2 * hidden_features, device=device, dtype=dtype)
+        self.w3 = nn.Linear(hidden_features, in_features, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(nn.functional.silu(a) * b)
+
+
+class NormMlp(Mlp):
+    """timm ``Mlp`` with a LayerNorm (eps 1e-5) between the activation and ``fc2`` (ViT-H mlpnorm)."""
+
+    def __init__(self, *args: object, norm_layer: object = None, **kwargs: object) -> None:
+        super().__init__(*args, norm_layer=partial(nn.LayerNorm, eps=1e-5), **kwargs)
+
+
+class RadioBlock(Block):
+    """A timm ViT block that can attend within ViTDet windows.
+
+    Args:
+        window_size: ``0`` for global attention; otherwise the block sees only ``ws x ws`` windows of
+            patch tokens, and the ``num_prefix_tokens`` leading tokens pass through unchanged.
+        num_prefix_tokens: ``S``, summary tokens plus registers.
+        **kwargs: timm ``Block`` arguments.
+    """
+
+    def __init__(self, *args: object, window_size: int = 0, num_prefix_tokens: int = 0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.window_size = window_size
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, x: torch.Tensor, grid_hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:  # type: ignore[override]
+        if not self.window_size:
+            return super().forward(x)
+        if grid_hw is None:
+            raise ValueError("a windowed block needs the patch grid size (grid_hw)")
+        s = self.num_prefix_tokens
+        prefix, patches = x[:, :s], x[:, s:]
+        windows = super().forward(window_partition(patches, grid_hw, self.window_size))
+        return torch.cat([prefix, window_unpartition(windows, grid_hw, self.window_size)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"window_size={self.window_size}" if self.window_size else ""
+
+
+def vitdet_global_blocks(depth: int, num_windowed: Optional[int] = None, num_global: Optional[int] = None) -> List[int]:
+    """Indices of the global blocks under ViTDet (spec vitdet.md §2); all others are windowed.
+
+    The blocks are walked in periods: in each, all but the last block are windowed; the last block
+    of the network is always global.
+
+    Raises:
+        ValueError: the settings give a period of 1 (every block would be global and windowed at once).
+    """
+    if num_windowed is not None:
+        period = num_windowed + 1
+    else:
+        period = max(depth // (num_global or 4), 1)
+    if period <= 1:
+        raise ValueError(
+            f"ViTDet settings num_windowed={num_windowed}, num_global={num_global} give a period of 1 for "
+            f"{depth} blocks, i.e. no windowed block; use fewer global blocks or pass vitdet_window_size=None."
+        )
+    return sorted({i for i in range(depth) if i % period == period - 1} | {depth - 1})
+
+
+def _norm_layer(spec: ArchSpec, depth_index: int) -> Callable[..., nn.Module]:
+    if spec.block_norm == "dyt":
+        return DyT
+    if spec.scaled_ln:
+        return partial(ScaledLayerNorm, depth_index=depth_index)
+    return partial(nn.LayerNorm, eps=_LN_EPS)
+
+
+def _mlp_layer(spec: ArchSpec) -> Callable[..., nn.Module]:
+    if spec.mlp_kind == "swiglu":
+        return SwiGLU
+    return NormMlp if spec.mlp_norm else Mlp
+
+
+class RadioViT(nn.Module):
+    """The backbone: ``patch_generator`` -> ``blocks`` -> ``norm``.
+
+    Args:
+        spec: architecture description.
+        cpe_max_size: pixel size of the position table.
+        num_cls_tokens: ``T``.
+        num_registers: ``R``.
+        final_norm: keep the final LayerNorm (``args.model_norm``; always for the DINOv2 family).
+        window_size: ViTDet window size in patches, or ``None``.
+        global_blocks: with ``window_size``, the indices of the global blocks.
+        device, dtype: where and how to allocate parameters (``'meta'`` for loading without init).
+    """
+
+    def __init__(self, spec: ArchSpec, cpe_max_size: int, num_cls_tokens: int, num_registers: int,
+                 final_norm: bool = False, window_size: Optional[int] = None,
+                 global_blocks: Sequence[int] = (), device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.spec = spec
+        self.patch_size = spec.patch_size
+        self.embed_dim = spec.embed_dim
+        grid = position_grid_size(cpe_max_size, spec.patch_size)
+        cpe_mode = spec.family != "vit" or (grid * spec.patch_size,) * 2 != tuple(spec.img_size)
+        self.patch_generator = PatchGenerator(
+            spec.patch_size, spec.embed_dim, grid, num_cls_tokens, num_registers, cpe_mode=cpe_mode,
+            class_token=spec.class_token, embed_bias=spec.embed_bias, normalize_patches=spec.embed_norm, **factory)
+        prefix = self.patch_generator.num_prefix_tokens
+        self.window_size = window_size
+        dpr = spec.drop_path_rates or (0.0,) * spec.depth
+        mlp_ratio = spec.mlp_hidden / spec.embed_dim
+        if int(spec.embed_dim * mlp_ratio) != spec.mlp_hidden:  # guard against float rounding down
+            mlp_ratio = (spec.mlp_hidden + 0.5) / spec.embed_dim
+        self.blocks = nn.ModuleList([
+            RadioBlock(
+                spec.embed_dim, spec.num_heads, mlp_ratio=mlp_ratio, qkv_bias=spec.qkv_bias,
+                qk_norm=spec.qk_norm, proj_bias=spec.proj_bias, init_values=1.0 if spec.layerscale else None,
+                drop_path=dpr[j], act_layer=partial(nn.GELU, approximate=spec.act_approximate),
+                norm_layer=_norm_layer(spec, j), mlp_layer=_mlp_layer(spec),
+                window_size=(window_size or 0) if (window_size and j not in global_blocks) else 0,
+                num_prefix_tokens=prefix, **factory)
+            for j in range(spec.depth)
+        ])
+        self.norm = nn.LayerNorm(spec.embed_dim, eps=_LN_EPS, **factory) if final_norm else nn.Identity()
+
+    @property
+    def num_cls_tokens(self) -> int:
+        return self.patch_generator.num_cls_tokens
+
+    @property
+    def num_registers(self) -> int:
+        return self.patch_generator.num_registers
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.patch_generator.num_prefix_tokens
+
+    def grid_size(self, x: torch.Tensor) -> Tuple[int, int]:
+        """Patch grid ``(h, w)`` of an image batch."""
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    def iter_blocks(self, x: torch.Tensor, stop: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor]]:
+        """Run the patch generator then the blocks, yielding ``(index, tokens)`` after each block.
+
+        Args:
+            x: conditioned image ``(B, 3, H, W)``.
+            stop: last block index to run (inclusive); all blocks by default.
+        """
+        grid = self.grid_size(x)
+        tokens = self.patch_generator(x)
+        last = len(self.blocks) - 1 if stop is None else stop
+        for i, blk in enumerate(self.blocks):
+            if i > last:
+                break
+            tokens = blk(tokens, grid)
+            yield i, tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conditioned image ``(B, 3, H, W)`` -> tokens ``(B, S + h*w, D)`` after the final norm."""
+        grid = self.grid_size(x)
+        tokens = self.patch_generator(x)
+        for blk in self.blocks:
+            tokens = blk(tokens, grid)
+        return self.norm(tokens)

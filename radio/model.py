@@ -1,0 +1,327 @@
+"""``RADIOModel``: conditioner -> backbone -> summary / features -> normalizer -> adaptors.
+
+The public module that ``radio_model`` returns. It reproduces the original's ``forward`` and
+``forward_intermediates`` (spec model.md §6-7, intermediates.md), with clear errors where the
+original fails or silently misbehaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .adaptors import Adaptor
+from .backbone import RadioViT
+from .layers.conditioner import InputConditioner
+from .layers.normalizers import IntermediateFeatureNormalizer, NullIntermediateNormalizer
+from .outputs import RadioOutput, check_feature_fmt, to_nchw
+from .versions import Resolution
+
+__all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
+
+ForwardOutput = Union[RadioOutput, Dict[str, RadioOutput]]
+AGGREGATIONS = ("sparse", "dense")
+ALPHA_SCHEMES = ("post-alpha", "pre-alpha", "none")
+
+
+def resolve_indices(indices: Union[int, Sequence[int], None], depth: int) -> List[int]:
+    """Block indices selected by ``indices`` (ascending, unique).
+
+    ``None`` selects every block; an int ``n`` the last ``n``; a sequence selects its entries, with
+    negative entries counted from the end.
+
+    Raises:
+        ValueError: ``n`` outside ``1..depth``, an entry out of range, or an empty selection.
+    """
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, bool) or not isinstance(indices, (int, Sequence)) and not torch.is_tensor(indices):
+        raise TypeError(f"indices must be None, an int or a sequence of ints, got {type(indices).__name__}")
+    if isinstance(indices, int):
+        if not 1 <= indices <= depth:
+            raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}, "
+                             f"so use 1..{depth} (or a list of block indices).")
+        return list(range(depth - indices, depth))
+    out = set()
+    for i in indices:
+        i = int(i)
+        j = depth + i if i < 0 else i
+        if not 0 <= j < depth:
+            raise ValueError(f"block index {i} is out of range for a model with {depth} blocks "
+                             f"(valid: {-depth}..{depth - 1}).")
+        out.add(j)
+    if not out:
+        raise ValueError("indices selects no block; pass at least one block index.")
+    return sorted(out)
+
+
+class RADIOModel(nn.Module):
+    """A RADIO vision foundation model.
+
+    Args:
+        model: the backbone.
+        input_conditioner: input standardization (identity once made external).
+        summary_idxs: summary tokens forming the backbone summary.
+        adaptors: teacher adaptors, in load order.
+        feature_normalizer: applied to the final patch tokens (identity if the checkpoint has none).
+        inter_feature_normalizer: per-block normalizer for ``forward_intermediates`` (or ``None``).
+        patch_size, max_resolution, preferred_resolution: release metadata (``None`` if unknown).
+        window_size: ViTDet window size in patches, or ``None``.
+    """
+
+    def __init__(self, model: RadioViT, input_conditioner: nn.Module, summary_idxs: Sequence[int],
+                 adaptors: Optional[Dict[str, Adaptor]] = None, feature_normalizer: Optional[nn.Module] = None,
+                 inter_feature_normalizer: Optional[IntermediateFeatureNormalizer] = None,
+                 patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
+                 preferred_resolution: Optional[Tuple[int, int]] = None, window_size: Optional[int] = None,
+                 version: Optional[str] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.input_conditioner = input_conditioner
+        self.register_buffer("summary_idxs", torch.tensor(list(summary_idxs), dtype=torch.int64), persistent=False)
+        self.adaptors = nn.ModuleDict(adaptors or {})
+        self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
+        self.inter_feature_normalizer = inter_feature_normalizer
+        self._patch_size = patch_size
+        self.max_resolution = max_resolution
+        self.preferred_resolution = Resolution(*preferred_resolution) if preferred_resolution is not None else None
+        self.window_size = window_size
+        self.version = version
+
+    # ------------------------------------------------------------------------------------------
+    # Properties of the original API
+
+    @property
+    def patch_size(self) -> int:
+        """Patch size in pixels."""
+        return self._patch_size if self._patch_size is not None else self.model.patch_size
+
+    @property
+    def min_resolution_step(self) -> int:
+        """Input sides must be multiples of this: the patch size, times the ViTDet window size if set."""
+        return self.patch_size * (self.window_size or 1)
+
+    @property
+    def num_summary_tokens(self) -> int:
+        """Prefix tokens before the patch tokens (summary tokens plus registers)."""
+        return self.model.num_prefix_tokens
+
+    @property
+    def num_cls_tokens(self) -> int:
+        """Summary tokens the model reads: ``T``, widened to reach every loaded adaptor's token slot."""
+        slots = [a.head_idx for a in self.adaptors.values()]
+        return max(self.model.num_cls_tokens, max(slots, default=-1) + 1)
+
+    @property
+    def summary_dim(self) -> int:
+        """Width of the backbone summary: ``embed_dim * len(summary_idxs)``."""
+        return self.embed_dim * len(self.summary_idxs)
+
+    @property
+    def embed_dim(self) -> int:
+        """Token width ``D``."""
+        return self.model.embed_dim
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks."""
+        return self.model.blocks
+
+    def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
+        """The closest size (each side rounded to a multiple of ``min_resolution_step``, at least one step)."""
+        step = self.min_resolution_step
+
+        def snap(v: int) -> int:
+            return max(int(round(v / step) * step), step)
+
+        return Resolution(snap(height), snap(width))
+
+    def switch_to_deploy(self) -> None:
+        """Kept for API compatibility; RADIO ViTs have nothing to re-parametrize at deploy time."""
+
+    def make_preprocessor_external(self) -> nn.Module:
+        """Return the input conditioner and stop applying it inside the model.
+
+        Afterwards inputs must already be standardized (``conditioner(x)``). A second call returns
+        the identity that replaced it.
+        """
+        cond = self.input_conditioner
+        self.input_conditioner = nn.Identity()
+        return cond
+
+    @contextlib.contextmanager
+    def cpe_video_mode(self, frames: int) -> Iterator[None]:
+        """Treat inputs as ``(videos * frames, C, H, W)``: in training mode, the frames of one video
+        share one random position-table viewport. Restores the previous setting on exit."""
+        if int(frames) < 1:
+            raise ValueError(f"cpe_video_mode needs frames >= 1, got {frames}")
+        gen = self.model.patch_generator
+        previous = gen.num_video_frames
+        gen.num_video_frames = int(frames)
+        try:
+            yield
+        finally:
+            gen.num_video_frames = previous
+
+    # ------------------------------------------------------------------------------------------
+    # Forward
+
+    def _check_input(self, x: torch.Tensor, check_step: bool = True) -> None:
+        if not torch.is_tensor(x):
+            raise TypeError(f"expected an image tensor (B, 3, H, W), got {type(x).__name__}")
+        if x.ndim != 4:
+            hint = " For a single image use x.unsqueeze(0)." if x.ndim == 3 else ""
+            raise ValueError(f"expected an image batch of shape (B, 3, H, W), got shape {tuple(x.shape)}.{hint}")
+        if x.shape[1] != 3:
+            raise ValueError(f"expected 3 (RGB) channels in dim 1, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                             "RADIO takes RGB images in NCHW layout.")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point image with values in [0, 1], got dtype {x.dtype}; "
+                            "convert integer images with x.float() / 255.")
+        if not check_step:
+            return
+        step = self.min_resolution_step
+        h, w = x.shape[-2:]
+        if h % step or w % step:
+            nearest = self.get_nearest_supported_resolution(h, w)
+            raise ValueError(
+                f"Input size {h}x{w} is not supported: height and width must be multiples of "
+                f"min_resolution_step={step}. The nearest supported size is {nearest.height}x{nearest.width}; "
+                f"resize there (see get_nearest_supported_resolution({h}, {w}))."
+            )
+
+    def _extract(self, tokens: torch.Tensor, grid_hw: Tuple[int, int], feature_fmt: str) -> ForwardOutput:
+        """Backbone tokens -> summary, normalized features and adaptor outputs."""
+        all_summary = tokens[:, : self.num_cls_tokens]
+        summary = all_summary[:, self.summary_idxs].flatten(1)
+        features = self.feature_normalizer(tokens[:, self.num_summary_tokens:])
+        backbone = RadioOutput(summary, to_nchw(features, grid_hw) if feature_fmt == "NCHW" else features)
+        if not len(self.adaptors):
+            return backbone
+        out: Dict[str, RadioOutput] = {"backbone": backbone}
+        summary_in = all_summary.float()
+        for name, adaptor in self.adaptors.items():
+            out[name] = adaptor(summary_in, features, grid_hw, feature_fmt)
+        return out
+
+    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC") -> ForwardOutput:
+        """Summary and dense features of an image batch.
+
+        Args:
+            x: RGB images ``(B, 3, H, W)``, floating point in ``[0, 1]``; ``H`` and ``W`` multiples of
+                :attr:`min_resolution_step`.
+            feature_fmt: ``'NLC'`` -> features ``(B, h*w, D)``; ``'NCHW'`` -> ``(B, D, h, w)``.
+
+        Returns:
+            Without adaptors a :class:`RadioOutput` ``(summary (B, summary_dim), features)`` in the
+            backbone dtype; with adaptors a dict ``{'backbone': RadioOutput, <adaptor>: RadioOutput}``
+            (adaptor outputs in float32).
+        """
+        check_feature_fmt(feature_fmt)
+        self._check_input(x)
+        x = self.input_conditioner(x)
+        tokens = self.model(x)
+        return self._extract(tokens, self.model.grid_size(x), feature_fmt)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Union[int, Sequence[int], None] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        aggregation: str = "sparse",
+        norm_alpha_scheme: str = "post-alpha",
+    ) -> Union[List[torch.Tensor], List[RadioOutput], Tuple[ForwardOutput, list]]:
+        """Outputs of selected blocks (timm's ``forward_intermediates`` contract, RADIO extras last).
+
+        Args:
+            x: RGB images ``(B, 3, H, W)`` in ``[0, 1]`` (sides multiples of the patch size).
+            indices: ``None`` = every block; ``n`` = the last ``n`` blocks; or a list of block
+                indices (negative ones count from the end). Output is in ascending block order.
+            return_prefix_tokens: return ``RadioOutput(summary, features)`` per block instead of features.
+            norm: apply the backbone's final norm to each intermediate (and to the final output).
+            stop_early: do not run blocks after the last selected one.
+            output_fmt: ``'NCHW'`` or ``'NLC'``.
+            intermediates_only: return only the list.
+            aggregation: ``'sparse'`` (the selected blocks' outputs) or ``'dense'`` (the mean over each
+                group of blocks since the previous selected one).
+            norm_alpha_scheme: how the intermediate normalizer's alphas combine in dense mode:
+                ``'post-alpha'``, ``'pre-alpha'`` or ``'none'`` (no normalizer).
+
+        Returns:
+            The list of intermediates, or ``(final, intermediates)`` where ``final`` is what
+            :meth:`forward` would give for the last block run (a dict if adaptors are loaded).
+        """
+        check_feature_fmt(output_fmt)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if norm_alpha_scheme not in ALPHA_SCHEMES:
+            raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
+        self._check_input(x, check_step=False)
+        ps = self.model.patch_size
+        if x.shape[-2] % ps or x.shape[-1] % ps:
+            raise ValueError(f"Input size {tuple(x.shape[-2:])} must be a multiple of the patch size {ps}.")
+        depth = len(self.model.blocks)
+        selected = resolve_indices(indices, depth)
+        normalizer: nn.Module = self.inter_feature_normalizer
+        if normalizer is None or norm_alpha_scheme == "none":
+            normalizer = NullIntermediateNormalizer()
+        elif normalizer.num_layers < depth:
+            raise ValueError(f"the intermediate normalizer covers {normalizer.num_layers} blocks, the model has {depth}")
+        final_norm = self.model.norm if norm else nn.Identity()
+        skip = self.num_summary_tokens
+        num_cls = self.model.num_cls_tokens
+
+        x = self.input_conditioner(x)
+        grid = self.model.grid_size(x)
+        wanted = set(selected)
+        emitted: List[torch.Tensor] = []
+        acc = asum = None
+        count = 0
+        group = iter(selected)
+        group_end = next(group)
+        tokens = None
+        for i, tokens in self.model.iter_blocks(x, stop=selected[-1] if stop_early else None):
+            if aggregation == "dense":
+                y, a = normalizer(tokens, index=i, rot_index=group_end, skip=skip)
+                if norm_alpha_scheme == "post-alpha":
+                    term, a_term = y, a
+                else:
+                    term, a_term = a * y, 1
+                acc = term if acc is None else acc + term
+                asum = a_term if asum is None else asum + a_term
+                count += 1
+            if i in wanted:
+                if aggregation == "dense":
+                    a_bar = asum / count
+                    out = (a_bar * acc) / count
+                    acc = asum = None
+                    count = 0
+                    group_end = next(group, group_end)
+                else:
+                    y, a = normalizer(tokens, index=i, skip=skip)
+                    out = a * y
+                emitted.append(final_norm(out))
+
+        results: list = []
+        for t in emitted:
+            spatial = t[:, skip:]
+            if output_fmt == "NCHW":
+                spatial = to_nchw(spatial, grid).contiguous()
+            if return_prefix_tokens:
+                prefix = t[:, :num_cls]
+                if prefix.shape[1] > 1:
+                    prefix = prefix[:, self.summary_idxs]
+                results.append(RadioOutput(prefix.flatten(1), spatial))
+            else:
+                results.append(spatial)
+        if intermediates_only:
+            return results
+        final = self._extract(final_norm(tokens), grid, output_fmt)
+        return final, results
