@@ -167,6 +167,8 @@ class RadioViT(nn.Module):
         self.spec = spec
         self.patch_size = spec.patch_size
         self.embed_dim = spec.embed_dim
+        # The DINOv2-wrapper family summarizes with token 0 alone (a (B, D) summary for every use).
+        self.single_summary = spec.family == "dinov2"
         grid = position_grid_size(cpe_max_size, spec.patch_size)
         cpe_mode = spec.family != "vit" or (grid * spec.patch_size,) * 2 != tuple(spec.img_size)
         self.patch_generator = PatchGenerator(

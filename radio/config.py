@@ -180,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> RadioConfig:
     per_teacher = bool(getattr(args, "cls_token_per_teacher", True))
     raw_teachers = tuple(args.teachers or ())
     teachers = tuple(_teacher(i, t, per_teacher) for i, t in enumerate(raw_teachers))
-    num_cls = _count_summary_tokens(raw_teachers, per_teacher) if arch.family == "vit" else 1
+    num_cls = _count_summary_tokens(raw_teachers, per_teacher)
     num_reg = _count_registers(num_cls, getattr(args, "register_multiple", None),
                                getattr(args, "cpe_num_registers", None))
     if not arch.class_token:

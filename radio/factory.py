@@ -37,7 +37,7 @@ StateDict = Dict[str, torch.Tensor]
 
 #: Backbone keys that the CPE forward never uses (timm's own embedding, tokens and head).
 UNUSED_BACKBONE_KEYS = ("reg_token", "cls_token", "pos_embed", "patch_embed", "head", "fc_norm", "norm_pre",
-                        "attn_pool", "input_conditioner", "mask_token")
+                        "attn_pool", "input_conditioner", "mask_token", "register_tokens")
 #: Top-level prefixes of a RADIO state dict; anything else is reported as unexpected.
 KNOWN_PREFIXES = ("base_model.", "input_conditioner.", "_heads.", "_feature_projections.", "_feature_normalizer.",
                   "_intermediate_feature_normalizer.")
@@ -201,8 +201,6 @@ def build_model(checkpoint: Checkpoint, adaptor_names: Union[str, Sequence[str],
         patch_size, max_resolution, preferred_resolution: metadata overrides.
     """
     cfg = config_from_args(checkpoint.args)
-    if cfg.arch.family != "vit":
-        raise NotImplementedError(f"The DINOv2-wrapper backbone {cfg.arch.name!r} is not supported yet.")
     sd = checkpoint.state_dict
     stray = sorted({k.split(".")[0] + "." for k in clean_prefixes(sd)} - set(KNOWN_PREFIXES))
     if stray:

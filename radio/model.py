@@ -195,8 +195,11 @@ class RADIOModel(nn.Module):
 
     def _extract(self, tokens: torch.Tensor, grid_hw: Tuple[int, int], feature_fmt: str) -> ForwardOutput:
         """Backbone tokens -> summary, normalized features and adaptor outputs."""
-        all_summary = tokens[:, : self.num_cls_tokens]
-        summary = all_summary[:, self.summary_idxs].flatten(1)
+        if self.model.single_summary:
+            all_summary = summary = tokens[:, 0]
+        else:
+            all_summary = tokens[:, : self.num_cls_tokens]
+            summary = all_summary[:, self.summary_idxs].flatten(1)
         features = self.feature_normalizer(tokens[:, self.num_summary_tokens:])
         backbone = RadioOutput(summary, to_nchw(features, grid_hw) if feature_fmt == "NCHW" else features)
         if not len(self.adaptors):
