@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny official-format checkpoints (written by tests/ckpt_writer.py), no network."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
+    """Same shape and dtype, and ``||a - b|| / ||b|| <= tol`` (the conformance rule)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    a, b = actual.detach().double(), expected.detach().double()
+    rel = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    assert rel <= tol, f"relative error {rel:.3e} > {tol}"
+
+
+def assert_outputs_close(actual, expected, tol: float = 1e-5) -> None:
+    """Compare RadioOutput / dict outputs field by field."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and list(actual) == list(expected), (list(actual), list(expected))
+        for k in expected:
+            assert_outputs_close(actual[k], expected[k], tol)
+        return
+    assert hasattr(actual, "summary") and hasattr(actual, "features")
+    assert_close_rel(actual.summary, expected.summary, tol)
+    assert_close_rel(actual.features, expected.features, tol)
+
+
+@pytest.fixture
+def images():
+    """A deterministic image batch factory: ``images(b, h, w)`` in [0, 1]."""
+    def make(b: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(b, 3, h, w, generator=g)
+    return make
