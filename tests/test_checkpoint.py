@@ -1,0 +1,159 @@
+"""Safe loading: hostile, corrupt and foreign files; key checks; load-time transforms."""
+
+import argparse
+import warnings
+
+import pytest
+import torch
+
+from ckpt_writer import (make_checkpoint, write_hostile_checkpoint, write_not_radio_checkpoint,
+                         write_truncated_checkpoint)
+
+from radio import CheckpointError, UnsafeCheckpointError, radio_model
+from radio.checkpoint import load_checkpoint, realize_parametrizations, rename_layerscale
+
+
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.pth.tar"
+    write_hostile_checkpoint(path, marker)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        radio_model(str(path))
+    assert not marker.exists()
+    msg = str(info.value)
+    assert "arbitrary code" in msg and "allow-list" in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_args_with_unexpected_global_is_refused(tmp_path):
+    from pathlib import PurePosixPath
+
+    ck = make_checkpoint(None)
+    ck.checkpoint["args"].output = PurePosixPath("/some/dir")
+    torch.save(ck.checkpoint, tmp_path / "p.pth.tar")
+    with pytest.raises(UnsafeCheckpointError, match="PurePosixPath"):
+        radio_model(str(tmp_path / "p.pth.tar"))
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    make_checkpoint(tmp_path / "ok.pth.tar")
+    write_truncated_checkpoint(tmp_path / "ok.pth.tar", tmp_path / "cut.pth.tar")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        radio_model(str(tmp_path / "cut.pth.tar"))
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    (tmp_path / "junk.pth.tar").write_bytes(b"definitely not a checkpoint" * 10)
+    with pytest.raises(CheckpointError):
+        radio_model(str(tmp_path / "junk.pth.tar"))
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_not_a_radio_checkpoint(tmp_path, wrap):
+    write_not_radio_checkpoint(tmp_path / "plain.pth", wrap_in_state_dict=wrap)
+    with pytest.raises(CheckpointError, match="not a RADIO checkpoint"):
+        radio_model(str(tmp_path / "plain.pth"))
+
+
+def test_missing_backbone_keys_are_listed(tmp_path):
+    ck = make_checkpoint(None)
+    sd = ck.checkpoint["state_dict"]
+    del sd["base_model.blocks.1.mlp.fc2.weight"], sd["base_model.patch_generator.pos_embed"]
+    torch.save(ck.checkpoint, tmp_path / "m.pth.tar")
+    with pytest.raises(CheckpointError) as info:
+        radio_model(str(tmp_path / "m.pth.tar"))
+    assert "blocks.1.mlp.fc2.weight" in str(info.value) and "patch_generator.pos_embed" in str(info.value)
+
+
+def test_missing_conditioner_is_an_error(tmp_path):
+    ck = make_checkpoint(None)
+    del ck.checkpoint["state_dict"]["input_conditioner.norm_std"]
+    torch.save(ck.checkpoint, tmp_path / "c.pth.tar")
+    with pytest.raises(CheckpointError, match="input_conditioner.norm_std"):
+        radio_model(str(tmp_path / "c.pth.tar"))
+
+
+def test_missing_required_args_field(tmp_path):
+    ck = make_checkpoint(None)
+    del ck.checkpoint["args"].cpe_max_size
+    torch.save(ck.checkpoint, tmp_path / "a.pth.tar")
+    with pytest.raises(CheckpointError, match="cpe_max_size"):
+        radio_model(str(tmp_path / "a.pth.tar"))
+
+
+def test_documented_unused_keys_are_quiet_and_others_warn(tmp_path):
+    make_checkpoint(tmp_path / "u.pth.tar", model="vit_base_patch16_v2_224", unused_keys=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        radio_model(str(tmp_path / "u.pth.tar"))
+    ck = make_checkpoint(None)
+    ck.checkpoint["state_dict"]["base_model.blocks.0.attn.extra_thing"] = torch.zeros(2)
+    torch.save(ck.checkpoint, tmp_path / "x.pth.tar")
+    with pytest.warns(UserWarning, match="blocks.0.attn.extra_thing"):
+        radio_model(str(tmp_path / "x.pth.tar"))
+
+
+def test_spectral_keys_without_version_are_corrupt(tmp_path):
+    ck = make_checkpoint(None, spectral_reparam=True)
+    sd = ck.checkpoint["state_dict"]
+    for k in [k for k in sd if k.startswith("base_model.blocks.0.mlp.fc1.") and k.endswith("_sn_version")]:
+        del sd[k]
+    torch.save(ck.checkpoint, tmp_path / "s.pth.tar")
+    with pytest.raises(CheckpointError, match="_sn_version"):
+        radio_model(str(tmp_path / "s.pth.tar"))
+
+
+def test_spectral_realization_formula_by_hand():
+    torch.manual_seed(0)
+    w, u, v, scale = torch.randn(6, 4), torch.randn(6), torch.randn(4), torch.randn(1, 1)
+    sd = {"fc.parametrizations.weight.original": w, "fc.parametrizations.weight.0._u": u,
+          "fc.parametrizations.weight.0._v": v, "fc.parametrizations.weight.0.scale": scale,
+          "fc.parametrizations.weight.0._sn_version": torch.tensor(1), "fc.bias": torch.zeros(6)}
+    out, layers = realize_parametrizations(sd, True)
+    eps = 1e-6
+    u1 = w @ v
+    u1 = u1 / max(u1.norm(), eps)
+    v1 = w.T @ u1
+    v1 = v1 / max(v1.norm(), eps)
+    sigma = u1 @ (w @ v1) + eps
+    expected = w * ((torch.nn.functional.softplus(scale) + 0.05) / sigma)
+    assert layers == ["fc"] and set(out) == {"fc.weight", "fc.bias"}
+    torch.testing.assert_close(out["fc.weight"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_missing_value_chunk_is_identity():
+    torch.manual_seed(1)
+    w = torch.randn(9, 3)
+    sd = {"attn.qkv.parametrizations.weight.original": w}
+    for c in range(2):
+        sd.update({f"attn.qkv.parametrizations.weight.0.parts.{c}._u": torch.randn(3),
+                   f"attn.qkv.parametrizations.weight.0.parts.{c}._v": torch.randn(3),
+                   f"attn.qkv.parametrizations.weight.0.parts.{c}.scale": torch.zeros(1, 1),
+                   f"attn.qkv.parametrizations.weight.0.parts.{c}._sn_version": torch.tensor(2)})
+    out, _ = realize_parametrizations(sd, True)
+    assert torch.equal(out["attn.qkv.weight"][6:], w[6:])
+    assert not torch.equal(out["attn.qkv.weight"][:3], w[:3])
+
+
+def test_layerscale_gamma_wins_over_grandma():
+    sd = {"ls1.grandma": torch.ones(2), "ls1.gamma": torch.zeros(2), "ls2.grandma": torch.full((2,), 3.0)}
+    out = rename_layerscale(sd)
+    assert set(out) == {"ls1.gamma", "ls2.gamma"}
+    assert torch.equal(out["ls1.gamma"], torch.zeros(2)) and torch.equal(out["ls2.gamma"], torch.full((2,), 3.0))
+
+
+def test_ema_wins_and_flags_are_forced_off(tmp_path):
+    make_checkpoint(tmp_path / "e.pth.tar", ema=True, spectral_reparam=True, damp=True)
+    ck = load_checkpoint(tmp_path / "e.pth.tar")
+    assert ck.is_ema and ck.args.spectral_reparam is False and ck.args.damp is None
+
+
+def test_return_checkpoint_carries_load_time_changes(tmp_path):
+    ck = make_checkpoint(None, spectral_reparam=True)
+    ck.checkpoint["args"].model_kwargs["weight_init"] = "jax"
+    torch.save(ck.checkpoint, tmp_path / "w.pth.tar")
+    model, raw = radio_model(str(tmp_path / "w.pth.tar"), return_checkpoint=True)
+    assert isinstance(raw["args"], argparse.Namespace)
+    assert raw["args"].spectral_reparam is False
+    assert "weight_init" not in raw["args"].model_kwargs
+    assert "state_dict" in raw
