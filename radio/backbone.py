@@ -50,10 +50,11 @@ class ScaledLayerNorm(nn.LayerNorm):
 
     def reset_non_persistent_buffers(self) -> None:
         """(Re)compute the constant buffer, e.g. after the module was built on the meta device."""
-        if self.ln_scale.is_meta:
-            self.ln_scale = torch.empty((), dtype=torch.float32, device="cpu")
-        with torch.no_grad():
-            self.ln_scale.fill_((self.depth_index + 1) ** -0.5)
+        if self.weight.is_meta:  # filled once the weights are assigned
+            return
+        # a float32 constant, then in the model dtype like every floating buffer of the original
+        value = torch.tensor((self.depth_index + 1) ** -0.5, dtype=torch.float32, device=self.weight.device)
+        self.ln_scale = value.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.ln_scale

@@ -163,3 +163,17 @@ def test_vitdet_rejects_unwindowable_depth(tmp_path):
     make_checkpoint(tmp_path / "d2.pth.tar", depth=2)
     with pytest.raises(ValueError, match="period of 1"):
         radio_model(str(tmp_path / "d2.pth.tar"), vitdet_window_size=2)
+
+
+@pytest.mark.parametrize("dtype,tol", [(None, 1e-5), (torch.bfloat16, 1e-2)])
+def test_giant_scaled_layernorm(dtype, tol, tmp_path, images):
+    ck = make_checkpoint(tmp_path / "g.pth.tar", model="vit_giant_patch16_224", depth=3, args_dtype=dtype,
+                         extra_args={"model_kwargs": {"depth": 3, "embed_dim": 32, "num_heads": 2,
+                                                      "scaled_ln": True}})
+    model = radio_model(str(tmp_path / "g.pth.tar"))
+    scale = model.model.blocks[2].norm1.ln_scale
+    assert torch.equal(scale, torch.tensor(3 ** -0.5).to(dtype or torch.float32))
+    x = images(1, 32, 48)
+    with torch.no_grad():
+        out = model(x)
+    assert_outputs_close(out, ref_forward(ck.realized, ck.args, x), tol)
