@@ -177,3 +177,40 @@ def test_giant_scaled_layernorm(dtype, tol, tmp_path, images):
     with torch.no_grad():
         out = model(x)
     assert_outputs_close(out, ref_forward(ck.realized, ck.args, x), tol)
+
+
+def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
+    """dino_v2_*_student: keys under base_model.inner., embedder bias, final norm always applied,
+    summary = token 0 for every use. The fixed full-size architecture is shrunk for the test."""
+    import copy
+    import dataclasses
+
+    import radio.architectures as archs
+
+    tiny = dataclasses.replace(archs.DINOV2_ARCHITECTURES["dino_v2_l_student"], embed_dim=32, depth=2,
+                               num_heads=2, mlp_hidden=128)
+    monkeypatch.setitem(archs.DINOV2_ARCHITECTURES, "dino_v2_l_student", tiny)
+    teachers = [{"name": "clip", "type": "generic"}]
+    ck = make_checkpoint(None, model="vit_huge_patch14_224", cpe_max_size=98, layerscale="grandma",
+                         model_norm=True, write_final_norm=True, teachers=teachers, register_multiple=None,
+                         cpe_num_registers=4)
+    bias = torch.randn(32, generator=torch.Generator().manual_seed(3)).half()
+    realized = copy.deepcopy(ck.realized)
+    realized["backbone"]["patch_generator.embedder.bias"] = bias.float()
+    sd = {}
+    for k, v in ck.checkpoint["state_dict"].items():
+        sd[k.replace("base_model.", "base_model.inner.", 1) if k.startswith("base_model.") else k] = v
+    sd["base_model.inner.patch_generator.embedder.bias"] = bias
+    sd["base_model.inner.mask_token"] = torch.zeros(1, 32).half()
+    sd["base_model.input_conditioner.norm_mean"] = torch.zeros(3, 1, 1)
+    args = copy.deepcopy(ck.checkpoint["args"])
+    args.model, args.model_norm = "dino_v2_l_student", False
+    torch.save({"args": args, "state_dict": sd}, tmp_path / "dino.pth.tar")
+
+    model = radio_model(str(tmp_path / "dino.pth.tar"), adaptor_names="clip")
+    assert model.num_summary_tokens == 5 and isinstance(model.model.norm, torch.nn.LayerNorm)
+    x = images(2, 56, 84)
+    with torch.no_grad():
+        out = model(x)
+    assert out["backbone"].summary.shape == (2, 32)
+    assert_outputs_close(out, ref_forward(realized, ck.args, x, adaptor_names="clip"))
