@@ -18,7 +18,7 @@ from .backbone import RadioViT
 from .layers.conditioner import InputConditioner
 from .layers.normalizers import IntermediateFeatureNormalizer, NullIntermediateNormalizer
 from .outputs import RadioOutput, check_feature_fmt, to_nchw
-from .versions import Resolution
+from .versions import Resolution, nearest_multiple
 
 __all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
 
@@ -133,11 +133,7 @@ class RADIOModel(nn.Module):
     def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
         """The closest size (each side rounded to a multiple of ``min_resolution_step``, at least one step)."""
         step = self.min_resolution_step
-
-        def snap(v: int) -> int:
-            return max(int(round(v / step) * step), step)
-
-        return Resolution(snap(height), snap(width))
+        return Resolution(nearest_multiple(height, step), nearest_multiple(width, step))
 
     def switch_to_deploy(self) -> None:
         """Kept for API compatibility; RADIO ViTs have nothing to re-parametrize at deploy time."""

@@ -20,6 +20,7 @@ __all__ = [
     "VERSIONS",
     "get_version",
     "list_versions",
+    "nearest_multiple",
 ]
 
 
@@ -28,6 +29,11 @@ class Resolution(NamedTuple):
 
     height: int
     width: int
+
+
+def nearest_multiple(value: float, step: int) -> int:
+    """``value`` rounded to the nearest multiple of ``step`` (Python rounding: ties to even), at least ``step``."""
+    return max(int(round(value / step) * step), step)
 
 
 class UnknownVersionError(KeyError, ValueError):

@@ -1,0 +1,5 @@
+"""``python -m radio``: the ``radio`` command line (also under ``torchrun ... -m radio``)."""
+
+from .cli import main
+
+raise SystemExit(main())
