@@ -48,6 +48,7 @@ from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from radio import RADIOModel, Resolution, radio_model
+from radio.model import resolve_indices
 
 _logger = logging.getLogger(__name__)
 
@@ -77,25 +78,11 @@ def parse_layers(spec: str, depth: int) -> List[int]:
     """
     if spec.strip().lower() == "all":
         return list(range(depth))
-    layers = set()
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            i = int(item)
-        except ValueError:
-            raise ValueError(
-                f"--layers expects 'all' or comma-separated block indices, got {item!r}"
-            ) from None
-        j = depth + i if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"--layers entry {i} is out of range: the model has {depth} blocks "
-                             f"(valid: {-depth}..{depth - 1}).")
-        layers.add(j)
-    if not layers:
-        raise ValueError("--layers selects no block; pass 'all' or e.g. '0,3,-1'.")
-    return sorted(layers)
+    try:
+        entries = [int(item) for item in spec.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"--layers expects 'all' or comma-separated block indices, got {spec!r}") from None
+    return resolve_indices(entries, depth)  # the model's own rule (range checks, order)
 
 
 def parse_resolution(spec: Optional[str], model: RADIOModel) -> Resolution:
