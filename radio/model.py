@@ -15,7 +15,6 @@ from torch import nn
 
 from .adaptors import Adaptor
 from .backbone import RadioViT
-from .layers.conditioner import InputConditioner
 from .layers.normalizers import IntermediateFeatureNormalizer, NullIntermediateNormalizer
 from .outputs import RadioOutput, check_feature_fmt, to_nchw
 from .versions import Resolution, nearest_multiple

@@ -4,7 +4,6 @@ The network is never reached: ``hf_hub_download`` is replaced by fakes.
 """
 
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch

@@ -12,7 +12,6 @@ A learned ``G x G`` position table is cut to the input's patch grid:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
