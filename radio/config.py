@@ -73,6 +73,15 @@ class RadioConfig:
     damp: bool
 
     @property
+    def final_norm(self) -> bool:
+        """Whether the backbone applies its final LayerNorm.
+
+        Only with ``args.model_norm`` and a timm model that has ``norm`` (a global-pool setting moves
+        it to ``fc_norm``, which the CPE path never applies); always for the DINOv2 wrapper.
+        """
+        return self.arch.family == "dinov2" or (self.model_norm and self.arch.final_norm)
+
+    @property
     def num_prefix_tokens(self) -> int:
         """``S = T + R``: tokens before the patch tokens."""
         return self.num_cls_tokens + self.num_registers

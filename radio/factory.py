@@ -81,7 +81,7 @@ def _backbone_state(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> Tuple[S
     bb, _ = realize_parametrizations(bb, cfg.spectral_reparam, what="backbone")
     bb = rename_layerscale(bb)
     unused = list(UNUSED_BACKBONE_KEYS)
-    if not cfg.model_norm and cfg.arch.family == "vit":
+    if not cfg.final_norm:
         unused.append("norm")
     leftovers = [k for k in bb if any(k == u or k.startswith(u + ".") for u in unused)]
     return _cast(drop_unused(bb, unused), cfg.dtype), leftovers
@@ -216,7 +216,7 @@ def build_model(checkpoint: Checkpoint, adaptor_names: Union[str, Sequence[str],
     bb_sd, leftovers = _backbone_state(sd, cfg)
     with torch.device("meta"):
         backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
-                            final_norm=cfg.model_norm or cfg.arch.family == "dinov2",
+                            final_norm=cfg.final_norm,
                             window_size=vitdet_window_size, global_blocks=global_blocks, dtype=cfg.dtype)
     _load_into(backbone, bb_sd, "backbone", expected_leftovers=leftovers)
     if cfg.spectral_reparam:

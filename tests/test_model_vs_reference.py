@@ -214,3 +214,13 @@ def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
         out = model(x)
     assert out["backbone"].summary.shape == (2, 32)
     assert_outputs_close(out, ref_forward(realized, ck.args, x, adaptor_names="clip"))
+
+
+def test_global_pool_moves_final_norm_out_of_the_cpe_path(tmp_path, images):
+    """With args.gp='avg' timm puts the final norm into fc_norm, which the CPE path never applies."""
+    ck = make_checkpoint(tmp_path / "gp.pth.tar", model_norm=True, write_final_norm=True, extra_args={"gp": "avg"})
+    model = radio_model(str(tmp_path / "gp.pth.tar"))
+    assert isinstance(model.model.norm, torch.nn.Identity)
+    x = images(1, 32, 32)
+    with torch.no_grad():
+        assert_outputs_close(model(x), ref_forward(ck.realized, ck.args, x))
