@@ -224,3 +224,16 @@ def test_global_pool_moves_final_norm_out_of_the_cpe_path(tmp_path, images):
     x = images(1, 32, 32)
     with torch.no_grad():
         assert_outputs_close(model(x), ref_forward(ck.realized, ck.args, x))
+
+
+def test_crop_only_position_table_when_img_size_equals_cpe_size(tmp_path, images):
+    """cpe_mode is off when timm's img_size equals the CPE size: the table is cropped, not resized
+    (and resized only where a side exceeds it)."""
+    kwargs = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64}
+    ck = make_checkpoint(tmp_path / "crop.pth.tar", cpe_max_size=64, extra_args={"model_kwargs": kwargs})
+    model = radio_model(str(tmp_path / "crop.pth.tar"))
+    assert model.model.patch_generator.cpe_mode is False
+    for h, w in [(32, 48), (64, 64), (96, 32)]:
+        x = images(1, h, w)
+        with torch.no_grad():
+            assert_outputs_close(model(x), ref_forward(ck.realized, ck.args, x))
