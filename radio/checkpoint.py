@@ -77,8 +77,8 @@ class Checkpoint:
 
 
 def _rejected_global(message: str) -> Optional[str]:
-    m = re.search(r"(?:Unsupported global|unsupported GLOBAL|GLOBAL) ?:? ?(?:GLOBAL )?([\w.]+ ?[\w.]*)", message)
-    return m.group(1).strip() if m else None
+    m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"global:? ([\w.]+)", message, re.IGNORECASE)
+    return m.group(1) if m else None
 
 
 def read_checkpoint_file(path: PathLike) -> Dict[str, Any]:

@@ -41,9 +41,6 @@ UNUSED_BACKBONE_KEYS = ("reg_token", "cls_token", "pos_embed", "patch_embed", "h
 #: Top-level prefixes of a RADIO state dict; anything else is reported as unexpected.
 KNOWN_PREFIXES = ("base_model.", "input_conditioner.", "_heads.", "_feature_projections.", "_feature_normalizer.",
                   "_intermediate_feature_normalizer.")
-#: Extra keyword arguments callers of the original pass and that mean nothing for ViT models.
-IGNORED_KWARGS = ("return_spatial_features", "return_summary", "force_reload", "skip_validation", "trust_repo",
-                  "source", "verbose")
 
 
 def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,

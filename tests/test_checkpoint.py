@@ -157,3 +157,23 @@ def test_return_checkpoint_carries_load_time_changes(tmp_path):
     assert raw["args"].spectral_reparam is False
     assert "weight_init" not in raw["args"].model_kwargs
     assert "state_dict" in raw
+
+
+class _RunsCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_would_run_a_shell_command_is_refused(tmp_path):
+    marker = tmp_path / "command_ran"
+    ck = make_checkpoint(None)
+    ck.checkpoint["args"].payload = _RunsCommand(marker)
+    torch.save(ck.checkpoint, tmp_path / "cmd.pth.tar")
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        radio_model(str(tmp_path / "cmd.pth.tar"))
+    assert not marker.exists()
