@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -43,8 +43,7 @@ KNOWN_PREFIXES = ("base_model.", "input_conditioner.", "_heads.", "_feature_proj
                   "_intermediate_feature_normalizer.")
 
 
-def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
-               expected_leftovers: Iterable[str] = ()) -> None:
+def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """Assign ``state_dict`` to a meta-device ``module``; missing keys are an error, extras a warning."""
     result = module.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys:
@@ -52,10 +51,9 @@ def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
             f"The checkpoint lacks {len(result.missing_keys)} {what} weight(s): "
             f"{', '.join(result.missing_keys)}. The file is incomplete or belongs to a different architecture."
         )
-    unexpected = [k for k in result.unexpected_keys if k not in set(expected_leftovers)]
-    if unexpected:
-        warnings.warn(f"Ignoring {len(unexpected)} unexpected {what} key(s) of the checkpoint: "
-                      f"{', '.join(unexpected)}", stacklevel=3)
+    if result.unexpected_keys:
+        warnings.warn(f"Ignoring {len(result.unexpected_keys)} unexpected {what} key(s) of the checkpoint: "
+                      f"{', '.join(result.unexpected_keys)}", stacklevel=3)
     for sub in module.modules():  # constant buffers that are not stored in files
         reset = getattr(sub, "reset_non_persistent_buffers", None)
         if reset is not None:
@@ -70,8 +68,8 @@ def _cast(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> StateDi
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
-def _backbone_state(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> Tuple[StateDict, List[str]]:
-    """The backbone's plain weights (realized, renamed, cast) and the keys expected to stay unused."""
+def _backbone_state(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> StateDict:
+    """The backbone's plain weights (realized, renamed, cast), without the keys it never uses."""
     bb = split_prefix(sd, "base_model.")
     if cfg.arch.family == "dinov2":
         bb = split_prefix(bb, "inner.")
@@ -80,19 +78,21 @@ def _backbone_state(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> Tuple[S
     unused = list(UNUSED_BACKBONE_KEYS)
     if not cfg.final_norm:
         unused.append("norm")
-    leftovers = [k for k in bb if any(k == u or k.startswith(u + ".") for u in unused)]
-    return _cast(drop_unused(bb, unused), cfg.dtype), leftovers
+    return _cast(drop_unused(bb, unused), cfg.dtype)
 
 
-def _head_state(sd: Mapping[str, torch.Tensor], group: str, teacher: TeacherConfig, new_prefix: str) -> StateDict:
-    """Keys of one teacher's head (``<group>.<index>`` or ``<group>.<name>``), renamed to ``new_prefix``."""
+def _head_state(sd: Mapping[str, torch.Tensor], group: str, teacher: TeacherConfig) -> StateDict:
+    """Keys of one teacher's head (``<group>.<index>.*`` or ``<group>.<name>.*``), relative to the head.
+
+    Index- and name-keyed entries are merged in state-dict order (later keys win).
+    """
     out: StateDict = {}
     for key, value in sd.items():
         for tag in (f"{group}.{teacher.index}", f"{group}.{teacher.name}"):
             if key.startswith(tag):
                 rest = key[len(tag):]
                 if rest.startswith("."):  # `_heads.1` must not take `_heads.10...`
-                    out[new_prefix + rest[1:]] = value
+                    out[rest[1:]] = value
     return out
 
 
@@ -108,7 +108,7 @@ def _build_adaptor(sd: Mapping[str, torch.Tensor], cfg: RadioConfig, name: str,
     heads = []
     for group, version, what in (("_heads", summary_version, "summary"),
                                  ("_feature_projections", feature_version, "feature")):
-        hsd = _head_state(sd, group, teacher, "")
+        hsd = _head_state(sd, group, teacher)
         if not hsd:
             raise CheckpointError(
                 f"adaptor {name!r}: the checkpoint has no {what} head weights "
@@ -116,14 +116,13 @@ def _build_adaptor(sd: Mapping[str, torch.Tensor], cfg: RadioConfig, name: str,
             )
         if cfg.spectral_heads:
             hsd, _ = realize_parametrizations(hsd, True, what=f"adaptor {name!r} {what} head")
-        with torch.device("meta"):
-            head = build_head(hsd, version)
-        result = head.load_state_dict(_cast(hsd, torch.float32), strict=False, assign=True)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"adaptor {name!r} {what} head ({version}) does not match the checkpoint: missing "
-                f"{result.missing_keys}, unexpected {result.unexpected_keys}."
-            )
+        label = f"adaptor {name!r} {what} head ({version})"
+        try:
+            with torch.device("meta"):
+                head = build_head(hsd, version)
+        except CheckpointError as e:
+            raise CheckpointError(f"{label} does not match the checkpoint: {e}") from None
+        _strict(head, _cast(hsd, torch.float32), label)
         heads.append(head)
     text = None
     if teacher.type in ("open_clip", "siglip2"):
@@ -153,9 +152,11 @@ def _normalizers(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> Tuple[Opti
 
 
 def _strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Assign ``sd`` to ``module``; any missing or extra key is a :class:`CheckpointError`."""
     result = module.load_state_dict(sd, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{what}: missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
+        raise CheckpointError(f"{what} does not match the checkpoint: missing keys {result.missing_keys}, "
+                              f"unexpected keys {result.unexpected_keys}")
 
 
 def _conditioner(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> InputConditioner:
@@ -210,12 +211,12 @@ def build_model(checkpoint: Checkpoint, adaptor_names: Union[str, Sequence[str],
         global_blocks = vitdet_global_blocks(cfg.arch.depth, version.vitdet_num_windowed if version else None,
                                              version.vitdet_num_global if version else None)
 
-    bb_sd, leftovers = _backbone_state(sd, cfg)
+    bb_sd = _backbone_state(sd, cfg)
     with torch.device("meta"):
         backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
                             final_norm=cfg.final_norm,
                             window_size=vitdet_window_size, global_blocks=global_blocks, dtype=cfg.dtype)
-    _load_into(backbone, bb_sd, "backbone", expected_leftovers=leftovers)
+    _load_into(backbone, bb_sd, "backbone")
     if cfg.spectral_reparam:
         checkpoint.args.spectral_reparam = False
 

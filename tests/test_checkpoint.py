@@ -177,3 +177,18 @@ def test_pickle_that_would_run_a_shell_command_is_refused(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="system"):
         radio_model(str(tmp_path / "cmd.pth.tar"))
     assert not marker.exists()
+
+
+def test_head_layout_mismatch_and_bad_versions_are_errors(tmp_path):
+    ck = make_checkpoint(None)  # v2 heads
+    ck.checkpoint["args"].teachers[0]["mlp_version"] = "v1"
+    ck.checkpoint["args"].teachers[1]["mlp_version"] = "attn"
+    ck.checkpoint["args"].teachers[2]["spatial_mlp_version"] = "v3"
+    torch.save(ck.checkpoint, tmp_path / "h.pth.tar")
+    radio_model(str(tmp_path / "h.pth.tar"))  # the backbone alone is fine
+    with pytest.raises(CheckpointError, match="adaptor 'clip' summary head"):
+        radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="clip")
+    with pytest.raises(CheckpointError, match="'attn' is not a valid summary head"):
+        radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="dino_v2")
+    with pytest.raises(ValueError, match="'v3'"):
+        radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="sam")
