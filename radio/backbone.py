@@ -13,6 +13,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 
@@ -192,6 +193,12 @@ class RadioViT(nn.Module):
             for j in range(spec.depth)
         ])
         self.norm = nn.LayerNorm(spec.embed_dim, eps=_LN_EPS, **factory) if final_norm else nn.Identity()
+        self.grad_checkpointing = False
+
+    def _run_block(self, blk: nn.Module, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, tokens, grid, use_reentrant=False)
+        return blk(tokens, grid)
 
     @property
     def num_cls_tokens(self) -> int:
@@ -222,7 +229,7 @@ class RadioViT(nn.Module):
         for i, blk in enumerate(self.blocks):
             if i > last:
                 break
-            tokens = blk(tokens, grid)
+            tokens = self._run_block(blk, tokens, grid)
             yield i, tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,5 +237,5 @@ class RadioViT(nn.Module):
         grid = self.grid_size(x)
         tokens = self.patch_generator(x)
         for blk in self.blocks:
-            tokens = blk(tokens, grid)
+            tokens = self._run_block(blk, tokens, grid)
         return self.norm(tokens)

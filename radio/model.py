@@ -137,6 +137,24 @@ class RADIOModel(nn.Module):
     def switch_to_deploy(self) -> None:
         """Kept for API compatibility; RADIO ViTs have nothing to re-parametrize at deploy time."""
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (less memory when fine-tuning)."""
+        self.model.grad_checkpointing = enable
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int], None] = 1,
+                                  prune_norm: bool = False) -> List[int]:
+        """Drop the blocks after the last of ``indices`` (timm's contract); returns the selected indices.
+
+        Args:
+            indices: as in :meth:`forward_intermediates`.
+            prune_norm: also drop the backbone's final norm.
+        """
+        take = resolve_indices(indices, len(self.model.blocks))
+        self.model.blocks = self.model.blocks[: take[-1] + 1]
+        if prune_norm:
+            self.model.norm = nn.Identity()
+        return take
+
     def make_preprocessor_external(self) -> nn.Module:
         """Return the input conditioner and stop applying it inside the model.
 
@@ -205,19 +223,22 @@ class RADIOModel(nn.Module):
             out[name] = adaptor(summary_in, features, grid_hw, feature_fmt)
         return out
 
-    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC") -> ForwardOutput:
+    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC", num_tokens: Optional[int] = None) -> ForwardOutput:
         """Summary and dense features of an image batch.
 
         Args:
             x: RGB images ``(B, 3, H, W)``, floating point in ``[0, 1]``; ``H`` and ``W`` multiples of
                 :attr:`min_resolution_step`.
             feature_fmt: ``'NLC'`` -> features ``(B, h*w, D)``; ``'NCHW'`` -> ``(B, D, h, w)``.
+            num_tokens: only for RADIO1D research models; must be ``None`` for ViTs.
 
         Returns:
             Without adaptors a :class:`RadioOutput` ``(summary (B, summary_dim), features)`` in the
             backbone dtype; with adaptors a dict ``{'backbone': RadioOutput, <adaptor>: RadioOutput}``
             (adaptor outputs in float32).
         """
+        if num_tokens is not None:
+            raise TypeError("num_tokens only applies to RADIO1D research models; ViT backbones take no token budget.")
         check_feature_fmt(feature_fmt)
         self._check_input(x)
         x = self.input_conditioner(x)

@@ -255,3 +255,34 @@ def test_hubconf_is_thin():
     src = (ROOT / "hubconf.py").read_text()
     code = [line for line in src.splitlines() if line.strip() and not line.strip().startswith(("#", '"""'))]
     assert code == ['dependencies = ["torch", "timm"]', "from radio import radio_model  # noqa: E402,F401"]
+
+
+def test_grad_checkpointing_keeps_outputs_and_gradients(ckpt, images):
+    x = images(2, 32, 48)
+    grads = []
+    for enable in (False, True):
+        model = radio_model(str(ckpt[0])).train()
+        model.model.patch_generator.pos_dropout = 0.0
+        model.set_grad_checkpointing(enable)
+        torch.manual_seed(0)
+        out = model(x)
+        out.features.square().mean().backward()
+        grads.append((out.features.detach(), model.model.blocks[0].attn.qkv.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_prune_intermediate_layers(ckpt, images):
+    model = radio_model(str(ckpt[0]))
+    x = images(1, 32, 32)
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, indices=[1], intermediates_only=True, output_fmt="NLC")
+        assert model.prune_intermediate_layers([0, 1]) == [0, 1]
+        assert len(model.blocks) == 2
+        again = model.forward_intermediates(x, indices=[1], intermediates_only=True, output_fmt="NLC")
+    assert torch.equal(inter[0], again[0])
+
+
+def test_num_tokens_is_not_for_vits(model, images):
+    with pytest.raises(TypeError, match="RADIO1D"):
+        model(images(1, 32, 32), num_tokens=64)
