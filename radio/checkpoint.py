@@ -19,7 +19,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -81,8 +81,14 @@ def _rejected_global(message: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def read_checkpoint_file(path: PathLike) -> Dict[str, Any]:
+def read_checkpoint_file(path: PathLike, extra_safe_globals: Sequence[type] = ()) -> Dict[str, Any]:
     """Unpickle ``path`` with the weights-only loader (memory-mapped where the format allows).
+
+    Args:
+        path: the file.
+        extra_safe_globals: further plain-data classes (e.g. ``pathlib.PosixPath``) the caller allows
+            for a file it trusts; they are rebuilt by the weights-only unpickler, which still runs
+            no other code.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -92,7 +98,10 @@ def read_checkpoint_file(path: PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+    for g in extra_safe_globals:
+        if not isinstance(g, type):
+            raise TypeError(f"extra_safe_globals takes classes, got {g!r}")
+    with torch.serialization.safe_globals(list(ALLOWED_GLOBALS) + list(extra_safe_globals)):
         try:
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -107,7 +116,9 @@ def read_checkpoint_file(path: PathLike) -> Dict[str, Any]:
                 "not on the allow-list of an official RADIO checkpoint (only argparse.Namespace is). "
                 "Unpickling such a file can execute arbitrary code, so it was not unpickled. If you "
                 "made this file yourself, re-save it with plain Python values in `args` (str, int, "
-                "float, bool, list, dict, torch.dtype) and tensors only."
+                "float, bool, list, dict, torch.dtype) and tensors only. If the global is a plain data "
+                "class you trust (e.g. pathlib.PosixPath in a training config), allow exactly that class "
+                "with radio_model(..., extra_safe_globals=[TheClass])."
             ) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
                 IndexError, KeyError, TypeError) as e:
@@ -117,7 +128,7 @@ def read_checkpoint_file(path: PathLike) -> Dict[str, Any]:
             ) from e
 
 
-def load_checkpoint(path: PathLike) -> Checkpoint:
+def load_checkpoint(path: PathLike, extra_safe_globals: Sequence[type] = ()) -> Checkpoint:
     """Read an official RADIO checkpoint safely and pick its weights.
 
     ``state_dict_ema`` wins over ``state_dict`` when present; its weights are already realized,
@@ -128,7 +139,7 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
         UnsafeCheckpointError: see :func:`read_checkpoint_file`.
     """
     path = Path(path)
-    raw = read_checkpoint_file(path)
+    raw = read_checkpoint_file(path, extra_safe_globals)
     if not isinstance(raw, dict):
         raise CheckpointError(
             f"{path} is not a RADIO checkpoint: its top level is a {type(raw).__name__}, "

@@ -253,6 +253,7 @@ def radio_model(
     max_resolution: Optional[int] = None,
     preferred_resolution: Optional[Tuple[int, int]] = None,
     neck_name: Optional[str] = None,
+    extra_safe_globals: Sequence[type] = (),
     **kwargs: Any,
 ) -> Union[RADIOModel, Tuple[RADIOModel, Dict[str, Any]]]:
     """Load a RADIO model (AM-RADIO, RADIOv2.x, C-RADIOv2/v3/v4) in eval mode.
@@ -272,6 +273,8 @@ def radio_model(
             (an open_clip checkpoint file, or a directory with a saved SigLIP2 model).
         patch_size, max_resolution, preferred_resolution: metadata overrides for local files.
         neck_name: only for RADIO1D research models; must be ``None``.
+        extra_safe_globals: plain-data classes to allow when unpickling a file you trust, beyond
+            ``argparse.Namespace`` (e.g. ``[pathlib.PosixPath]``); still no code from the file runs.
         **kwargs: accepted for compatibility with callers of the original (ignored, logged).
 
     Returns:
@@ -309,7 +312,7 @@ def radio_model(
                              "vitdet_window_size=None or use another version.")
     if path is None:
         path = resolve_checkpoint(release, progress=progress)
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, extra_safe_globals)
     model = build_model(checkpoint, adaptor_names, vitdet_window_size, release, text_weights,
                         patch_size, max_resolution, preferred_resolution)
     if return_checkpoint:

@@ -33,6 +33,9 @@ def test_args_with_unexpected_global_is_refused(tmp_path):
     torch.save(ck.checkpoint, tmp_path / "p.pth.tar")
     with pytest.raises(UnsafeCheckpointError, match="PurePosixPath"):
         radio_model(str(tmp_path / "p.pth.tar"))
+    # an explicitly allowed plain-data class is rebuilt (by the weights-only unpickler)
+    model, raw = radio_model(str(tmp_path / "p.pth.tar"), extra_safe_globals=[PurePosixPath], return_checkpoint=True)
+    assert raw["args"].output == PurePosixPath("/some/dir")
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
