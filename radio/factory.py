@@ -114,8 +114,7 @@ def _build_adaptor(sd: Mapping[str, torch.Tensor], cfg: RadioConfig, name: str,
                 f"adaptor {name!r}: the checkpoint has no {what} head weights "
                 f"('{group}.{teacher.index}.*' or '{group}.{teacher.name}.*')."
             )
-        if cfg.spectral_heads:
-            hsd, _ = realize_parametrizations(hsd, True, what=f"adaptor {name!r} {what} head")
+        hsd, _ = realize_parametrizations(hsd, cfg.spectral_heads, what=f"adaptor {name!r} {what} head")
         label = f"adaptor {name!r} {what} head ({version})"
         try:
             with torch.device("meta"):
@@ -200,7 +199,8 @@ def build_model(checkpoint: Checkpoint, adaptor_names: Union[str, Sequence[str],
     """
     cfg = config_from_args(checkpoint.args)
     sd = checkpoint.state_dict
-    stray = sorted({k.split(".")[0] + "." for k in clean_prefixes(sd)} - set(KNOWN_PREFIXES))
+    cleaned = clean_prefixes(sd)
+    stray = sorted({k.split(".")[0] + "." for k in cleaned} - set(KNOWN_PREFIXES))
     if stray:
         warnings.warn(f"Ignoring checkpoint keys with unknown prefixes: {', '.join(stray)}", stacklevel=2)
 
@@ -220,7 +220,6 @@ def build_model(checkpoint: Checkpoint, adaptor_names: Union[str, Sequence[str],
     if cfg.spectral_reparam:
         checkpoint.args.spectral_reparam = False
 
-    cleaned = clean_prefixes(sd)
     conditioner = _conditioner(cleaned, cfg.dtype)
     adaptors = {name: _build_adaptor(cleaned, cfg, name, text_weights) for name in _normalize_names(adaptor_names)}
     feat_norm, inter_norm = _normalizers(cleaned, cfg)

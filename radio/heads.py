@@ -79,10 +79,9 @@ class AttnHead(nn.Module):
 
 
 def _weight(sd: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
-    for key in (f"{layer}.weight", f"{layer}.parametrizations.weight.original"):
-        if key in sd:
-            return sd[key]
-    raise CheckpointError(f"adaptor head weights lack '{layer}.weight'")
+    if f"{layer}.weight" not in sd:
+        raise CheckpointError(f"adaptor head weights lack '{layer}.weight'")
+    return sd[f"{layer}.weight"]
 
 
 def head_sizes(sd: Mapping[str, torch.Tensor], version: str) -> Tuple[int, int, int, int]:

@@ -182,7 +182,7 @@ class RADIOModel(nn.Module):
     # ------------------------------------------------------------------------------------------
     # Forward
 
-    def _check_input(self, x: torch.Tensor, check_step: bool = True) -> None:
+    def _check_input(self, x: torch.Tensor) -> None:
         if not torch.is_tensor(x):
             raise TypeError(f"expected an image tensor (B, 3, H, W), got {type(x).__name__}")
         if x.ndim != 4:
@@ -194,8 +194,6 @@ class RADIOModel(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"expected a floating-point image with values in [0, 1], got dtype {x.dtype}; "
                             "convert integer images with x.float() / 255.")
-        if not check_step:
-            return
         step = self.min_resolution_step
         h, w = x.shape[-2:]
         if h % step or w % step:
@@ -260,7 +258,7 @@ class RADIOModel(nn.Module):
         """Outputs of selected blocks (timm's ``forward_intermediates`` contract, RADIO extras last).
 
         Args:
-            x: RGB images ``(B, 3, H, W)`` in ``[0, 1]`` (sides multiples of the patch size).
+            x: RGB images ``(B, 3, H, W)`` in ``[0, 1]`` (sides multiples of :attr:`min_resolution_step`).
             indices: ``None`` = every block; ``n`` = the last ``n`` blocks; or a list of block
                 indices (negative ones count from the end). Output is in ascending block order.
             return_prefix_tokens: return ``RadioOutput(summary, features)`` per block instead of features.
@@ -282,10 +280,7 @@ class RADIOModel(nn.Module):
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if norm_alpha_scheme not in ALPHA_SCHEMES:
             raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
-        self._check_input(x, check_step=False)
-        ps = self.model.patch_size
-        if x.shape[-2] % ps or x.shape[-1] % ps:
-            raise ValueError(f"Input size {tuple(x.shape[-2:])} must be a multiple of the patch size {ps}.")
+        self._check_input(x)  # sides must be multiples of the patch (and ViTDet window) size here too
         depth = len(self.model.blocks)
         selected = resolve_indices(indices, depth)
         normalizer: nn.Module = self.inter_feature_normalizer

@@ -286,3 +286,10 @@ def test_prune_intermediate_layers(ckpt, images):
 def test_num_tokens_is_not_for_vits(model, images):
     with pytest.raises(TypeError, match="RADIO1D"):
         model(images(1, 32, 32), num_tokens=64)
+
+
+def test_forward_intermediates_checks_input_like_forward(model, images):
+    with pytest.raises(ValueError, match="nearest supported size is 32x48"):
+        model.forward_intermediates(images(1, 40, 48), indices=1)
+    with pytest.raises(TypeError, match="/ 255"):
+        model.forward_intermediates(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), indices=1)

@@ -25,9 +25,7 @@ _LOG_ASPECT = math.log(4 / 3)
 
 def position_grid_size(cpe_max_size: int, patch_size: int) -> int:
     """Side ``G`` of the position table for a ``cpe_max_size`` pixel budget (Python ``round``)."""
-    max_px = int(round(cpe_max_size / patch_size) * patch_size)
-    max_px = math.ceil(max_px / patch_size) * patch_size
-    return max_px // patch_size
+    return int(round(cpe_max_size / patch_size))
 
 
 class ClsToken(nn.Module):
@@ -115,9 +113,6 @@ class PatchGenerator(nn.Module):
 
     def _train_pos_embed(self, batch: int, h: int, w: int) -> torch.Tensor:
         t = self.num_video_frames
-        if batch % t:
-            raise ValueError(f"In cpe_video_mode({t}) the batch ({batch}) must be a multiple of {t} "
-                             "(inputs are (videos * frames, C, H, W)).")
         n = batch // t
         dev = self.pos_embed.device
         scale = torch.rand(n, 1, 1, device=dev) * (1 - _MIN_SCALE) + _MIN_SCALE
@@ -138,12 +133,13 @@ class PatchGenerator(nn.Module):
 
     def position_embedding(self, batch: int, h: int, w: int) -> torch.Tensor:
         """The position embedding added to a batch on an ``h x w`` patch grid."""
+        t = self.num_video_frames
+        if batch % t:
+            raise ValueError(f"In cpe_video_mode({t}) the batch ({batch}) must be a multiple of {t} "
+                             "(inputs are (videos * frames, C, H, W)).")
         if self.training and self.cpe_mode:
             pos = self._train_pos_embed(batch, h, w)
         else:
-            if self.num_video_frames > 1 and batch % self.num_video_frames:
-                raise ValueError(f"In cpe_video_mode({self.num_video_frames}) the batch ({batch}) must be a "
-                                 f"multiple of {self.num_video_frames}.")
             pos = self._eval_pos_embed(h, w)
         if self.training and self.pos_dropout > 0:
             keep = torch.rand(batch, 1, 1, device=pos.device) > self.pos_dropout
