@@ -18,68 +18,12 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 
 from .architectures import ArchSpec
+from .layers.mlp import NormMlp, SwiGLU
+from .layers.norms import LN_EPS, DyT, ScaledLayerNorm
 from .layers.patch_generator import PatchGenerator, position_grid_size
 from .layers.windows import window_partition, window_unpartition
 
-__all__ = ["DyT", "NormMlp", "RadioBlock", "RadioViT", "ScaledLayerNorm", "SwiGLU", "vitdet_global_blocks"]
-
-_LN_EPS = 1e-6
-
-
-class DyT(nn.Module):
-    """Dynamic tanh, ``gamma * tanh(alpha * x) + beta``: the LayerNorm replacement of DyT ViTs."""
-
-    def __init__(self, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.full((1,), 0.9, device=device, dtype=dtype))
-        self.gamma = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * torch.tanh(self.alpha * x) + self.beta
-
-
-class ScaledLayerNorm(nn.LayerNorm):
-    """LayerNorm whose output is scaled by the constant ``1 / sqrt(depth_index + 1)`` (ViT-g scaled_ln)."""
-
-    def __init__(self, dim: int, depth_index: int, eps: float = _LN_EPS, device: torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        super().__init__(dim, eps=eps, device=device, dtype=dtype)
-        self.depth_index = depth_index
-        self.register_buffer("ln_scale", torch.empty((), device=device, dtype=torch.float32), persistent=False)
-        self.reset_non_persistent_buffers()
-
-    def reset_non_persistent_buffers(self) -> None:
-        """(Re)compute the constant buffer, e.g. after the module was built on the meta device."""
-        if self.weight.is_meta:  # filled once the weights are assigned
-            return
-        # a float32 constant, then in the model dtype like every floating buffer of the original
-        value = torch.tensor((self.depth_index + 1) ** -0.5, dtype=torch.float32, device=self.weight.device)
-        self.ln_scale = value.to(self.weight.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * self.ln_scale
-
-
-class SwiGLU(nn.Module):
-    """DINOv2-g feed-forward: ``w3(silu(a) * b)`` with ``a, b`` the halves of ``w12(x)``."""
-
-    def __init__(self, in_features: int, hidden_features: int, device: torch.device | None = None,
-                 dtype: torch.dtype | None = None, **_: object) -> None:
-        super().__init__()
-        self.w12 = nn.Linear(in_features, 2 * hidden_features, device=device, dtype=dtype)
-        self.w3 = nn.Linear(hidden_features, in_features, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.w12(x).chunk(2, dim=-1)
-        return self.w3(nn.functional.silu(a) * b)
-
-
-class NormMlp(Mlp):
-    """timm ``Mlp`` with a LayerNorm (eps 1e-5) between the activation and ``fc2`` (ViT-H mlpnorm)."""
-
-    def __init__(self, *args: object, norm_layer: object = None, **kwargs: object) -> None:
-        super().__init__(*args, norm_layer=partial(nn.LayerNorm, eps=1e-5), **kwargs)
+__all__ = ["RadioBlock", "RadioViT"]
 
 
 class RadioBlock(Block):
@@ -111,33 +55,12 @@ class RadioBlock(Block):
         return f"window_size={self.window_size}" if self.window_size else ""
 
 
-def vitdet_global_blocks(depth: int, num_windowed: Optional[int] = None, num_global: Optional[int] = None) -> List[int]:
-    """Indices of the global blocks under ViTDet (spec vitdet.md §2); all others are windowed.
-
-    The blocks are walked in periods: in each, all but the last block are windowed; the last block
-    of the network is always global.
-
-    Raises:
-        ValueError: the settings give a period of 1 (every block would be global and windowed at once).
-    """
-    if num_windowed is not None:
-        period = num_windowed + 1
-    else:
-        period = max(depth // (num_global or 4), 1)
-    if period <= 1:
-        raise ValueError(
-            f"ViTDet settings num_windowed={num_windowed}, num_global={num_global} give a period of 1 for "
-            f"{depth} blocks, i.e. no windowed block; use fewer global blocks or pass vitdet_window_size=None."
-        )
-    return sorted({i for i in range(depth) if i % period == period - 1} | {depth - 1})
-
-
 def _norm_layer(spec: ArchSpec, depth_index: int) -> Callable[..., nn.Module]:
     if spec.block_norm == "dyt":
         return DyT
     if spec.scaled_ln:
         return partial(ScaledLayerNorm, depth_index=depth_index)
-    return partial(nn.LayerNorm, eps=_LN_EPS)
+    return partial(nn.LayerNorm, eps=LN_EPS)
 
 
 def _mlp_layer(spec: ArchSpec) -> Callable[..., nn.Module]:
@@ -169,8 +92,6 @@ class RadioViT(nn.Module):
         self.spec = spec
         self.patch_size = spec.patch_size
         self.embed_dim = spec.embed_dim
-        # The DINOv2-wrapper family summarizes with token 0 alone (a (B, D) summary for every use).
-        self.single_summary = spec.family == "dinov2"
         grid = position_grid_size(cpe_max_size, spec.patch_size)
         cpe_mode = spec.family != "vit" or (grid * spec.patch_size,) * 2 != tuple(spec.img_size)
         self.patch_generator = PatchGenerator(
@@ -192,7 +113,7 @@ class RadioViT(nn.Module):
                 num_prefix_tokens=prefix, **factory)
             for j in range(spec.depth)
         ])
-        self.norm = nn.LayerNorm(spec.embed_dim, eps=_LN_EPS, **factory) if final_norm else nn.Identity()
+        self.norm = nn.LayerNorm(spec.embed_dim, eps=LN_EPS, **factory) if final_norm else nn.Identity()
         self.grad_checkpointing = False
 
     def _run_block(self, blk: nn.Module, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

@@ -30,7 +30,8 @@ from .extraction import (RUN_SUMMARY, STORE_FORMATS, DirectoryStore, ExtractionS
 from .factory import radio_model
 from .images import IMAGE_EXTENSIONS, SizePolicy, find_images, load_image, resize_image
 from .model import RADIOModel
-from .versions import DEFAULT_VERSION, VERSIONS, Resolution
+from .outputs import Resolution
+from .versions import DEFAULT_VERSION, VERSIONS
 from .visualization import pca_rgb, side_by_side
 
 __all__ = ["main", "build_parser"]

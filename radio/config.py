@@ -1,30 +1,51 @@
-"""The inference-relevant part of a checkpoint's ``args``, read once into typed records.
+"""The one configuration that travels with a model (``model.config``), and the rules derived from it.
 
-Every rule that turns ``args`` into a number lives here exactly once: how many summary tokens and
-registers the backbone has, which summary tokens form the backbone summary, which token an adaptor
-reads, which head variants a teacher uses. See ``shared/spec/checkpoint-format.md`` §3 and
-``model.md`` §3.6 / §6.2.
+A :class:`RadioConfig` is frozen and complete: architecture, token counts, which summary tokens form
+the backbone summary, the teachers, the backbone dtype, the release metadata and the ViTDet setting.
+Every property of :class:`radio.model.RADIOModel` reads from it, as nanoGPT's ``GPTConfig`` and
+timm's ``pretrained_cfg`` do. It is pure data of the model layer: how a checkpoint's ``args``
+become one lives in :mod:`radio.args` (loading layer).
+
+The validity rules that depend only on the configuration live here, once each:
+:meth:`RadioConfig.vitdet_global_blocks` (ViTDet), :data:`TEXT_TEACHER_TYPES` (text towers),
+:meth:`RadioConfig.teacher` (adaptor names).
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .architectures import ArchSpec, resolve_architecture
-from .checkpoint import CheckpointError
+from .architectures import ArchSpec
+from .outputs import Resolution
 
-__all__ = ["RadioConfig", "TeacherConfig", "config_from_args"]
+__all__ = ["HEAD_VARIANTS", "ReleaseInfo", "RadioConfig", "TEXT_TEACHER_TYPES", "TeacherConfig", "as_resolution",
+           "check_vitdet_window_size",
+           "vitdet_global_blocks"]
 
-_REQUIRED = ("model", "model_kwargs", "teachers", "cpe_max_size")
+#: Teacher types whose adaptors have a text tower (tokenizer + ``encode_text``).
+TEXT_TEACHER_TYPES = ("open_clip", "siglip2")
+#: Adaptor MLP variants (``attn`` only for feature heads).
+HEAD_VARIANTS = ("v1", "v2", "attn")
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """One distillation teacher (``args.teachers[i]``) as far as inference cares."""
+    """One distillation teacher (``args.teachers[i]``) as far as inference cares.
+
+    Attributes:
+        index: position in ``args.teachers`` (heads may be keyed by it).
+        name: adaptor name (heads may be keyed by it).
+        type: teacher type (``'open_clip'``, ``'siglip2'``, ...), if recorded.
+        use_summary: whether its summary token is part of the backbone summary.
+        token_slot: the summary token its adaptor reads.
+        fd_upsample_factor: feature-head upsampling factor (1 = none).
+        summary_head: MLP variant of the summary head (``None``: the checkpoint records none).
+        feature_head: MLP variant of the feature head.
+        raw: the teacher entry as stored (text towers read ``model``/``pretrained`` from it).
+    """
 
     index: int
     name: str
@@ -32,16 +53,41 @@ class TeacherConfig:
     use_summary: bool
     token_slot: int
     fd_upsample_factor: int
-    mlp_version: Optional[str]
-    spatial_mlp_version: Optional[str]
-    model: Optional[str]
-    pretrained: Any
-    raw: Mapping[str, Any]
+    summary_head: Optional[str]
+    feature_head: Optional[str]
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether this teacher's adaptor has a text tower."""
+        return self.type in TEXT_TEACHER_TYPES
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """Release metadata: what the version table (or a Hugging Face config) says about a model.
+
+    Attributes:
+        name: the release name (``'c-radio_v4-h'``), or ``None`` for a file without one.
+        patch_size: the patch size the release states (``None``: use the architecture's).
+        max_resolution: largest trained side, when known.
+        preferred_resolution: the resolution the release is tuned for, when known.
+        supports_vitdet: whether ViTDet windowed attention may be used.
+        vitdet_num_windowed / vitdet_num_global: the release's ViTDet period settings.
+    """
+
+    name: Optional[str] = None
+    patch_size: Optional[int] = None
+    max_resolution: Optional[int] = None
+    preferred_resolution: Optional[Resolution] = None
+    supports_vitdet: bool = True
+    vitdet_num_windowed: Optional[int] = None
+    vitdet_num_global: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class RadioConfig:
-    """Typed view of ``args``.
+    """Everything that defines a loaded RADIO model.
 
     Attributes:
         arch: backbone structure.
@@ -49,12 +95,11 @@ class RadioConfig:
         num_cls_tokens: ``T``, summary tokens (one per unique teacher name, or 1).
         num_registers: ``R``, register tokens after the summary tokens.
         summary_idxs: summary tokens forming the backbone summary, ascending.
-        cls_token_per_teacher: whether each teacher has its own summary token.
         teachers: the teacher list.
-        model_norm: keep the backbone's final norm.
+        final_norm: whether the backbone applies its final norm.
         dtype: backbone dtype.
-        mlp_version / spatial_mlp_version: default head variants.
-        spectral_reparam / spectral_heads / damp: stored-weight layouts.
+        release: release metadata.
+        vitdet_window_size: ViTDet window side in patches, or ``None`` (global attention).
     """
 
     arch: ArchSpec
@@ -62,29 +107,41 @@ class RadioConfig:
     num_cls_tokens: int
     num_registers: int
     summary_idxs: Tuple[int, ...]
-    cls_token_per_teacher: bool
     teachers: Tuple[TeacherConfig, ...]
-    model_norm: bool
+    final_norm: bool
     dtype: torch.dtype
-    mlp_version: Optional[str]
-    spatial_mlp_version: Optional[str]
-    spectral_reparam: Any
-    spectral_heads: bool
-    damp: bool
-
-    @property
-    def final_norm(self) -> bool:
-        """Whether the backbone applies its final LayerNorm.
-
-        Only with ``args.model_norm`` and a timm model that has ``norm`` (a global-pool setting moves
-        it to ``fc_norm``, which the CPE path never applies); always for the DINOv2 wrapper.
-        """
-        return self.arch.family == "dinov2" or (self.model_norm and self.arch.final_norm)
+    release: ReleaseInfo = ReleaseInfo()
+    vitdet_window_size: Optional[int] = None
 
     @property
     def num_prefix_tokens(self) -> int:
-        """``S = T + R``: tokens before the patch tokens."""
-        return self.num_cls_tokens + self.num_registers
+        """``S = T + R``: tokens before the patch tokens (0 without a class token)."""
+        return self.num_cls_tokens + self.num_registers if self.arch.class_token else 0
+
+    @property
+    def single_summary(self) -> bool:
+        """The DINOv2-wrapper family summarizes with token 0 alone, whatever the teachers."""
+        return self.arch.family == "dinov2"
+
+    @property
+    def patch_size(self) -> int:
+        """The release's patch size, else the architecture's."""
+        return self.release.patch_size or self.arch.patch_size
+
+    @property
+    def position_grid_size(self) -> int:
+        """Side ``G`` of the position table (Python ``round``, as the original)."""
+        return int(round(self.cpe_max_size / self.arch.patch_size))
+
+    @property
+    def max_resolution(self) -> int:
+        """The release's largest trained side, else the position table's size in pixels."""
+        return self.release.max_resolution or self.position_grid_size * self.arch.patch_size
+
+    @property
+    def min_resolution_step(self) -> int:
+        """Input sides must be multiples of this: the patch size, times the ViTDet window size if set."""
+        return self.patch_size * (self.vitdet_window_size or 1)
 
     def teacher(self, name: str) -> TeacherConfig:
         """The first teacher called ``name``.
@@ -101,115 +158,69 @@ class RadioConfig:
             "Pass one of these names in `adaptor_names`."
         )
 
+    def vitdet_global_blocks(self) -> List[int]:
+        """Indices of the blocks that stay global under ViTDet; ``[]`` without ViTDet.
 
-def _count_summary_tokens(teachers: Tuple[Mapping[str, Any], ...], per_teacher: bool) -> int:
-    return len({t["name"] for t in teachers}) if per_teacher else 1
+        The single check of a ViTDet setting against the model and its release.
 
-
-def _count_registers(num_cls: int, register_multiple: Optional[int], num_registers: Optional[int]) -> int:
-    if num_registers:
-        return int(num_registers)
-    if register_multiple:
-        # A full extra multiple when num_cls is already a multiple (the original's rule).
-        return int(register_multiple) - (num_cls % int(register_multiple))
-    return 0
-
-
-def _summary_idxs(teachers: Tuple[TeacherConfig, ...], per_teacher: bool) -> Tuple[int, ...]:
-    if not per_teacher:
-        return (0,)
-    first: Dict[str, int] = {}
-    for t in teachers:
-        if t.use_summary and t.name not in first:
-            first[t.name] = t.index
-    return tuple(sorted(first.values()))
-
-
-def _teacher(index: int, raw: Any, per_teacher: bool) -> TeacherConfig:
-    if not isinstance(raw, Mapping) or "name" not in raw:
-        raise CheckpointError(f"args.teachers[{index}] is not a dict with a 'name': {raw!r}")
-    factor = raw.get("fd_upsample_factor") or 1
-    return TeacherConfig(
-        index=index,
-        name=str(raw["name"]),
-        type=raw.get("type"),
-        use_summary=bool(raw.get("use_summary", True)),
-        token_slot=int(raw.get("token_slot", index)) if per_teacher else 0,
-        fd_upsample_factor=int(factor),
-        mlp_version=raw.get("mlp_version"),
-        spatial_mlp_version=raw.get("spatial_mlp_version"),
-        model=raw.get("model"),
-        pretrained=raw.get("pretrained"),
-        raw=dict(raw),
-    )
+        Raises:
+            TypeError: the window size is not a positive int.
+            ValueError: the release does not support ViTDet, the window is larger than the model's
+                resolution range, or the release's settings give a period of 1.
+        """
+        ws = self.vitdet_window_size
+        if ws is None:
+            return []
+        check_vitdet_window_size(ws, self.release)
+        if self.min_resolution_step > self.max_resolution:
+            raise ValueError(
+                f"vitdet_window_size={ws} makes the input step {self.min_resolution_step} px, above this model's "
+                f"max_resolution {self.max_resolution}; use a window of at most "
+                f"{self.max_resolution // self.patch_size} patches (typically 8-16)."
+            )
+        return vitdet_global_blocks(self.arch.depth, self.release.vitdet_num_windowed,
+                                    self.release.vitdet_num_global)
 
 
-def _factory_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The timm factory keywords the original derives from ``args`` (spec model.md §2.1)."""
-    if getattr(args, "in_chans", None) is not None:
-        in_chans = args.in_chans
-    elif getattr(args, "input_size", None) is not None:
-        in_chans = args.input_size[0]
-    else:
-        in_chans = 3
-    return dict(
-        in_chans=in_chans,
-        num_classes=getattr(args, "num_classes", None),
-        drop_rate=getattr(args, "drop", None),
-        drop_path_rate=getattr(args, "drop_path", None),
-        global_pool=getattr(args, "gp", None),
-    )
+def check_vitdet_window_size(window_size: Optional[int], release: ReleaseInfo) -> None:
+    """Reject a ViTDet window that is not a positive int, or a release without ViTDet support.
 
-
-def config_from_args(args: argparse.Namespace) -> RadioConfig:
-    """Read a checkpoint's ``args`` into a :class:`RadioConfig`.
-
-    ``weight_init`` is popped from ``args.model_kwargs`` (as the original does), so callers that
-    get the checkpoint back see the same ``args``.
+    Called before any download (a wrong request costs nothing) and again when the model is built.
 
     Raises:
-        CheckpointError: a required field is missing or malformed.
-        UnsupportedArchitectureError: the backbone is not a ViT this package builds.
+        TypeError: not ``None`` and not a positive int.
+        ValueError: the release does not support ViTDet.
     """
-    missing = [f for f in _REQUIRED if not hasattr(args, f)]
-    if missing:
-        raise CheckpointError(
-            f"The checkpoint's args lack the required field(s) {missing}; it is not a RADIO ViT checkpoint."
-        )
-    if args.cpe_max_size is None:
-        raise CheckpointError(
-            "The checkpoint has cpe_max_size=None (no CPE patch generator); every released RADIO ViT uses "
-            "CPE and this package only supports those."
-        )
-    if not isinstance(args.model_kwargs, dict):
-        raise CheckpointError(f"args.model_kwargs must be a dict, got {type(args.model_kwargs).__name__}")
-    args.model_kwargs.pop("weight_init", None)
-    arch = resolve_architecture(args.model, args.model_kwargs, _factory_kwargs(args))
+    if window_size is None:
+        return
+    if isinstance(window_size, bool) or not isinstance(window_size, int):
+        raise TypeError(f"vitdet_window_size must be a positive int (window side in patches) or None, "
+                        f"got {window_size!r} ({type(window_size).__name__})")
+    if window_size < 1:
+        raise ValueError(f"vitdet_window_size must be a positive number of patches, got {window_size}")
+    if not release.supports_vitdet:
+        raise ValueError(f"Version {release.name!r} does not support ViTDet windowed attention; pass "
+                         "vitdet_window_size=None or use another version.")
 
-    per_teacher = bool(getattr(args, "cls_token_per_teacher", True))
-    raw_teachers = tuple(args.teachers or ())
-    teachers = tuple(_teacher(i, t, per_teacher) for i, t in enumerate(raw_teachers))
-    num_cls = _count_summary_tokens(raw_teachers, per_teacher)
-    num_reg = _count_registers(num_cls, getattr(args, "register_multiple", None),
-                               getattr(args, "cpe_num_registers", None))
-    if not arch.class_token:
-        num_reg = 0
-    dtype = getattr(args, "dtype", torch.float32) or torch.float32
-    if not isinstance(dtype, torch.dtype):
-        raise CheckpointError(f"args.dtype must be a torch.dtype, got {dtype!r}")
-    return RadioConfig(
-        arch=arch,
-        cpe_max_size=int(args.cpe_max_size),
-        num_cls_tokens=num_cls,
-        num_registers=num_reg,
-        summary_idxs=_summary_idxs(teachers, per_teacher),
-        cls_token_per_teacher=per_teacher,
-        teachers=teachers,
-        model_norm=bool(getattr(args, "model_norm", False)),
-        dtype=dtype,
-        mlp_version=getattr(args, "mlp_version", None),
-        spatial_mlp_version=getattr(args, "spatial_mlp_version", None),
-        spectral_reparam=getattr(args, "spectral_reparam", False),
-        spectral_heads=bool(getattr(args, "spectral_heads", False)),
-        damp=bool(getattr(args, "damp", None)),
-    )
+
+def vitdet_global_blocks(depth: int, num_windowed: Optional[int] = None, num_global: Optional[int] = None) -> List[int]:
+    """Indices of the global blocks under ViTDet (spec vitdet.md §2); all others are windowed.
+
+    The blocks are walked in periods: in each, all but the last block are windowed; the last block
+    of the network is always global.
+
+    Raises:
+        ValueError: the settings give a period of 1 (every block would be global and windowed at once).
+    """
+    period = num_windowed + 1 if num_windowed is not None else max(depth // (num_global or 4), 1)
+    if period <= 1:
+        raise ValueError(
+            f"ViTDet settings num_windowed={num_windowed}, num_global={num_global} give a period of 1 for "
+            f"{depth} blocks, i.e. no windowed block; use fewer global blocks or pass vitdet_window_size=None."
+        )
+    return sorted({i for i in range(depth) if i % period == period - 1} | {depth - 1})
+
+
+def as_resolution(value: Union[Tuple[int, int], Resolution, None]) -> Optional[Resolution]:
+    """``(h, w)`` as a :class:`Resolution` (``None`` stays ``None``)."""
+    return None if value is None else Resolution(int(value[0]), int(value[1]))

@@ -1,15 +1,17 @@
-"""``radio_model``: version or file -> safe checkpoint -> typed config -> modules -> ``RADIOModel``.
+"""``radio_model``: resolve -> read -> config -> weights -> build on meta -> assign.
 
 Modules are created on the meta device (no memory, no random initialization) and receive the
-checkpoint's tensors with ``load_state_dict(assign=True)``; tensors already in their final dtype
+weights stage's tensors with ``load_state_dict(assign=True)``; tensors already in their final dtype
 are used as they are, straight from the memory-mapped file.
 """
 
 from __future__ import annotations
 
-import logging
+import difflib
+import inspect
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -17,34 +19,35 @@ import torch
 from torch import nn
 
 from .adaptors import Adaptor
-from .backbone import RadioViT, vitdet_global_blocks
-from .checkpoint import (Checkpoint, CheckpointError, clean_prefixes, drop_unused, load_checkpoint,
-                         realize_parametrizations, rename_layerscale, split_prefix)
-from .config import RadioConfig, TeacherConfig, config_from_args
+from .args import args_as_loaded, config_from_args
+from .backbone import RadioViT
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import RadioConfig, ReleaseInfo, as_resolution, check_vitdet_window_size
 from .download import resolve_checkpoint
 from .heads import build_head
 from .layers.conditioner import InputConditioner
 from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer
-from .layers.patch_generator import position_grid_size
 from .model import RADIOModel
+from .text_encoders import build_text_encoder
 from .versions import RadioVersion, get_version
+from .weights import HeadWeights, ModelWeights, model_weights
 
-__all__ = ["radio_model", "build_model"]
-
-_logger = logging.getLogger(__name__)
-
-StateDict = Dict[str, torch.Tensor]
-
-#: Backbone keys that the CPE forward never uses (timm's own embedding, tokens and head).
-UNUSED_BACKBONE_KEYS = ("reg_token", "cls_token", "pos_embed", "patch_embed", "head", "fc_norm", "norm_pre",
-                        "attn_pool", "input_conditioner", "mask_token", "register_tokens")
-#: Top-level prefixes of a RADIO state dict; anything else is reported as unexpected.
-KNOWN_PREFIXES = ("base_model.", "input_conditioner.", "_heads.", "_feature_projections.", "_feature_normalizer.",
-                  "_intermediate_feature_normalizer.")
+__all__ = ["build_model", "radio_model"]
 
 
-def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """Assign ``state_dict`` to a meta-device ``module``; missing keys are an error, extras a warning."""
+def _assign(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, *, strict: bool = True) -> None:
+    """Give a meta-device ``module`` its weights; every mismatch is a :class:`CheckpointError` with context.
+
+    Missing keys and shape mismatches are errors. Unexpected keys are an error when ``strict``,
+    otherwise a warning that lists them (the backbone: the original loads it non-strictly).
+    """
+    own = module.state_dict(keep_vars=True)
+    wrong = [f"{k}: expected {tuple(own[k].shape)}, found {tuple(v.shape)}"
+             for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{what}: {len(wrong)} weight(s) of the checkpoint have the wrong shape "
+                              f"({'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}). The file belongs "
+                              "to a different architecture than its args describe, or is corrupt.")
     result = module.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys:
         raise CheckpointError(
@@ -52,6 +55,8 @@ def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
             f"{', '.join(result.missing_keys)}. The file is incomplete or belongs to a different architecture."
         )
     if result.unexpected_keys:
+        if strict:
+            raise CheckpointError(f"{what} does not match the checkpoint: unexpected keys {result.unexpected_keys}")
         warnings.warn(f"Ignoring {len(result.unexpected_keys)} unexpected {what} key(s) of the checkpoint: "
                       f"{', '.join(result.unexpected_keys)}", stacklevel=3)
     for sub in module.modules():  # constant buffers that are not stored in files
@@ -63,116 +68,86 @@ def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
         raise CheckpointError(f"{what}: no value for {', '.join(leftover)}")
 
 
-def _cast(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> StateDict:
-    """Floating tensors to ``dtype`` (no copy when already there); others unchanged."""
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+def _build_backbone(cfg: RadioConfig, weights: ModelWeights) -> nn.Module:
+    global_blocks = cfg.vitdet_global_blocks()
+    with torch.device("meta"):
+        backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
+                            final_norm=cfg.final_norm, window_size=cfg.vitdet_window_size,
+                            global_blocks=global_blocks, dtype=cfg.dtype)
+    _assign(backbone, weights.backbone, "backbone", strict=False)
+    return backbone
 
 
-def _backbone_state(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> StateDict:
-    """The backbone's plain weights (realized, renamed, cast), without the keys it never uses."""
-    bb = split_prefix(sd, "base_model.")
-    if cfg.arch.family == "dinov2":
-        bb = split_prefix(bb, "inner.")
-    bb, _ = realize_parametrizations(bb, cfg.spectral_reparam, what="backbone")
-    bb = rename_layerscale(bb)
-    unused = list(UNUSED_BACKBONE_KEYS)
-    if not cfg.final_norm:
-        unused.append("norm")
-    return _cast(drop_unused(bb, unused), cfg.dtype)
+def _build_head(sd: Mapping[str, torch.Tensor], variant: Optional[str], label: str) -> nn.Module:
+    if variant is None:
+        raise CheckpointError(f"{label}: the checkpoint's args give no mlp_version for its heads")
+    try:
+        with torch.device("meta"):
+            head = build_head(sd, variant)
+    except ValueError as e:
+        raise CheckpointError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
+    _assign(head, sd, f"{label} ({variant})")
+    return head
 
 
-def _head_state(sd: Mapping[str, torch.Tensor], group: str, teacher: TeacherConfig) -> StateDict:
-    """Keys of one teacher's head (``<group>.<index>.*`` or ``<group>.<name>.*``), relative to the head.
-
-    Index- and name-keyed entries are merged in state-dict order (later keys win).
-    """
-    out: StateDict = {}
-    for key, value in sd.items():
-        for tag in (f"{group}.{teacher.index}", f"{group}.{teacher.name}"):
-            if key.startswith(tag):
-                rest = key[len(tag):]
-                if rest.startswith("."):  # `_heads.1` must not take `_heads.10...`
-                    out[rest[1:]] = value
-    return out
-
-
-def _build_adaptor(sd: Mapping[str, torch.Tensor], cfg: RadioConfig, name: str,
+def _build_adaptor(cfg: RadioConfig, name: str, heads: HeadWeights,
                    text_weights: Optional[Mapping[str, Any]]) -> Adaptor:
     teacher = cfg.teacher(name)
-    summary_version = teacher.mlp_version or cfg.mlp_version
-    feature_version = teacher.spatial_mlp_version or cfg.spatial_mlp_version or cfg.mlp_version
-    if summary_version is None or feature_version is None:
-        raise CheckpointError(f"adaptor {name!r}: the checkpoint's args give no mlp_version for its heads")
-    if summary_version == "attn":
+    if teacher.summary_head == "attn":
         raise CheckpointError(f"adaptor {name!r}: 'attn' is not a valid summary head variant")
-    heads = []
-    for group, version, what in (("_heads", summary_version, "summary"),
-                                 ("_feature_projections", feature_version, "feature")):
-        hsd = _head_state(sd, group, teacher)
-        if not hsd:
-            raise CheckpointError(
-                f"adaptor {name!r}: the checkpoint has no {what} head weights "
-                f"('{group}.{teacher.index}.*' or '{group}.{teacher.name}.*')."
-            )
-        hsd, _ = realize_parametrizations(hsd, cfg.spectral_heads, what=f"adaptor {name!r} {what} head")
-        label = f"adaptor {name!r} {what} head ({version})"
-        try:
-            with torch.device("meta"):
-                head = build_head(hsd, version)
-        except CheckpointError as e:
-            raise CheckpointError(f"{label} does not match the checkpoint: {e}") from None
-        _strict(head, _cast(hsd, torch.float32), label)
-        heads.append(head)
-    text = None
-    if teacher.type in ("open_clip", "siglip2"):
-        from .text_encoders import build_text_encoder
-
-        text = build_text_encoder(teacher.raw, weights=(text_weights or {}).get(name))
-    return Adaptor(name, teacher.token_slot, heads[0], heads[1], teacher.fd_upsample_factor, text=text)
+    summary = _build_head(heads.summary, teacher.summary_head, f"adaptor {name!r} summary head")
+    feature = _build_head(heads.feature, teacher.feature_head, f"adaptor {name!r} feature head")
+    text = build_text_encoder(teacher.raw, weights=(text_weights or {}).get(name))
+    return Adaptor(name, teacher.token_slot, summary, feature, teacher.fd_upsample_factor, text=text)
 
 
-def _normalizers(sd: Mapping[str, torch.Tensor], cfg: RadioConfig) -> Tuple[Optional[nn.Module],
-                                                                           Optional[IntermediateFeatureNormalizer]]:
+def _build_normalizers(cfg: RadioConfig, weights: ModelWeights
+                       ) -> Tuple[Optional[FeatureNormalizer], Optional[IntermediateFeatureNormalizer]]:
     feat = inter = None
-    fsd = split_prefix(sd, "_feature_normalizer.")
-    if fsd:
+    if weights.feature_normalizer is not None:
         with torch.device("meta"):
             feat = FeatureNormalizer(cfg.arch.embed_dim, dtype=cfg.dtype)
-        _strict(feat, _cast(fsd, cfg.dtype), "feature normalizer")
-    isd = split_prefix(sd, "_intermediate_feature_normalizer.")
-    if isd:
+        _assign(feat, weights.feature_normalizer, "feature normalizer")
+    isd = weights.intermediate_normalizer
+    if isd is not None:
         if "means" not in isd or "rotation" not in isd:
             raise CheckpointError("the intermediate feature normalizer lacks 'means' or 'rotation'")
         with torch.device("meta"):
             inter = IntermediateFeatureNormalizer(isd["means"].shape[0], cfg.arch.embed_dim,
                                                   isd["rotation"].ndim == 3, dtype=cfg.dtype)
-        _strict(inter, _cast(isd, cfg.dtype), "intermediate feature normalizer")
+        _assign(inter, isd, "intermediate feature normalizer")
     return feat, inter
 
 
-def _strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
-    """Assign ``sd`` to ``module``; any missing or extra key is a :class:`CheckpointError`."""
-    result = module.load_state_dict(sd, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{what} does not match the checkpoint: missing keys {result.missing_keys}, "
-                              f"unexpected keys {result.unexpected_keys}")
+def build_model(cfg: RadioConfig, weights: ModelWeights,
+                text_weights: Optional[Mapping[str, Any]] = None) -> RADIOModel:
+    """Assemble a :class:`RADIOModel` (eval mode) from a configuration and its weights.
+
+    Args:
+        cfg: the model configuration (from :func:`radio.args.config_from_args`).
+        weights: the weights stage's output; its ``heads`` decide which adaptors are attached.
+        text_weights: per-adaptor local text-tower weights (see :func:`radio_model`).
+    """
+    backbone = _build_backbone(cfg, weights)
+    conditioner = InputConditioner(dtype=cfg.dtype)
+    _assign(conditioner, weights.conditioner, "input conditioner")
+    adaptors = {name: _build_adaptor(cfg, name, heads, text_weights) for name, heads in weights.heads.items()}
+    feat_norm, inter_norm = _build_normalizers(cfg, weights)
+    return RADIOModel(cfg, backbone, conditioner, adaptors, feat_norm, inter_norm).eval()
 
 
-def _conditioner(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> InputConditioner:
-    csd = split_prefix(sd, "input_conditioner.")
-    missing = [k for k in ("norm_mean", "norm_std") if k not in csd]
-    if missing:
-        raise CheckpointError(f"The checkpoint lacks input_conditioner.{', input_conditioner.'.join(missing)}.")
-    cond = InputConditioner(dtype=dtype)
-    _strict(cond, {k: v.float().clone() for k, v in csd.items()}, "input conditioner")
-    return cond
+# ----------------------------------------------------------------------------------------------
+# Arguments
 
 
-def _normalize_names(adaptor_names: Union[str, Sequence[str], None]) -> List[str]:
+def _adaptor_names(adaptor_names: Union[str, Sequence[str], None]) -> List[str]:
     if adaptor_names is None:
         return []
     if isinstance(adaptor_names, str):
         return [adaptor_names]
+    if not isinstance(adaptor_names, Sequence):
+        raise TypeError(f"adaptor_names must be a string or a list of strings, got {type(adaptor_names).__name__} "
+                        f"{adaptor_names!r}")
     names: List[str] = []
     for n in adaptor_names:
         if not isinstance(n, str):
@@ -182,61 +157,73 @@ def _normalize_names(adaptor_names: Union[str, Sequence[str], None]) -> List[str
     return names
 
 
-def build_model(checkpoint: Checkpoint, adaptor_names: Union[str, Sequence[str], None] = None,
-                vitdet_window_size: Optional[int] = None, version: Optional[RadioVersion] = None,
-                text_weights: Optional[Mapping[str, Any]] = None, patch_size: Optional[int] = None,
-                max_resolution: Optional[int] = None,
-                preferred_resolution: Optional[Tuple[int, int]] = None) -> RADIOModel:
-    """Assemble a :class:`RADIOModel` (eval mode) from a safely read checkpoint.
-
-    Args:
-        checkpoint: from :func:`radio.checkpoint.load_checkpoint`.
-        adaptor_names: teacher adaptors to attach.
-        vitdet_window_size: ViTDet window size in patches, or ``None`` for global attention.
-        version: the release record, when loading a named version.
-        text_weights: per-adaptor local text-tower weights (see ``radio_model``).
-        patch_size, max_resolution, preferred_resolution: metadata overrides.
-    """
-    cfg = config_from_args(checkpoint.args)
-    sd = checkpoint.state_dict
-    cleaned = clean_prefixes(sd)
-    stray = sorted({k.split(".")[0] + "." for k in cleaned} - set(KNOWN_PREFIXES))
-    if stray:
-        warnings.warn(f"Ignoring checkpoint keys with unknown prefixes: {', '.join(stray)}", stacklevel=2)
-
-    global_blocks: List[int] = []
-    if vitdet_window_size is not None:
-        if int(vitdet_window_size) < 1:
-            raise ValueError(f"vitdet_window_size must be a positive number of patches, got {vitdet_window_size}")
-        global_blocks = vitdet_global_blocks(cfg.arch.depth, version.vitdet_num_windowed if version else None,
-                                             version.vitdet_num_global if version else None)
-
-    bb_sd = _backbone_state(sd, cfg)
-    with torch.device("meta"):
-        backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
-                            final_norm=cfg.final_norm,
-                            window_size=vitdet_window_size, global_blocks=global_blocks, dtype=cfg.dtype)
-    _load_into(backbone, bb_sd, "backbone")
-    if cfg.spectral_reparam:
-        checkpoint.args.spectral_reparam = False
-
-    conditioner = _conditioner(cleaned, cfg.dtype)
-    adaptors = {name: _build_adaptor(cleaned, cfg, name, text_weights) for name in _normalize_names(adaptor_names)}
-    feat_norm, inter_norm = _normalizers(cleaned, cfg)
-
-    grid = position_grid_size(cfg.cpe_max_size, cfg.arch.patch_size)
-    model = RADIOModel(
-        backbone, conditioner, cfg.summary_idxs, adaptors, feat_norm, inter_norm,
-        patch_size=patch_size or (version.patch_size if version else None),
-        max_resolution=max_resolution or (version.max_resolution if version else grid * cfg.arch.patch_size),
-        preferred_resolution=preferred_resolution or (version.preferred_resolution if version else None),
-        window_size=vitdet_window_size, version=version.name if version else None,
-    )
-    return model.eval()
-
-
 def _looks_like_path(version: str) -> bool:
     return os.sep in version or "/" in version or version.endswith((".pth", ".tar", ".pt", ".pth.tar"))
+
+
+def _warn_unknown_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Unknown keywords are accepted (the original's callers pass some) but never silently."""
+    known = [p for p in inspect.signature(radio_model).parameters if p != "kwargs"]
+    for key in sorted(kwargs):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.warn(f"radio_model ignores the unknown keyword argument {key!r}{hint}", stacklevel=3)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the weights come from: a local file, and the release record when one is named."""
+
+    path: Optional[Path]
+    release: Optional[RadioVersion]
+
+
+def _resolve_source(version: Any, checkpoint_path: Any) -> _Source:
+    if checkpoint_path is not None:
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_path must be a path (str or os.PathLike), got {type(checkpoint_path).__name__}")
+    if version is None:
+        version = ""
+    if not isinstance(version, (str, os.PathLike)):
+        raise TypeError(f"version must be a release name (see radio.list_versions()) or a checkpoint path, got "
+                        f"{type(version).__name__} {version!r}")
+    version = os.fspath(version)
+    if checkpoint_path is not None:
+        release = get_version(version) if version and not Path(version).is_file() else None
+        return _Source(Path(checkpoint_path), release)
+    if version and Path(version).is_file():
+        return _Source(Path(version), None)
+    if version and _looks_like_path(version):
+        raise FileNotFoundError(f"Checkpoint file not found: {version}")
+    return _Source(None, get_version(version))
+
+
+def _release_info(release: Optional[RadioVersion], patch_size: Optional[int], max_resolution: Optional[int],
+                  preferred_resolution: Optional[Tuple[int, int]]) -> ReleaseInfo:
+    """Release metadata: the version record, with the caller's overrides on top."""
+    base = ReleaseInfo() if release is None else ReleaseInfo(
+        name=release.name, patch_size=release.patch_size, max_resolution=release.max_resolution,
+        preferred_resolution=as_resolution(release.preferred_resolution), supports_vitdet=release.supports_vitdet,
+        vitdet_num_windowed=release.vitdet_num_windowed, vitdet_num_global=release.vitdet_num_global)
+    return ReleaseInfo(
+        name=base.name,
+        patch_size=patch_size or base.patch_size,
+        max_resolution=max_resolution or base.max_resolution,
+        preferred_resolution=as_resolution(preferred_resolution) or base.preferred_resolution,
+        supports_vitdet=base.supports_vitdet,
+        vitdet_num_windowed=base.vitdet_num_windowed,
+        vitdet_num_global=base.vitdet_num_global,
+    )
+
+
+def _check_release_matches(cfg: RadioConfig, release: Optional[RadioVersion]) -> None:
+    """A file loaded under a release name must have that release's patch size."""
+    if release is not None and cfg.arch.patch_size != release.patch_size:
+        raise CheckpointError(
+            f"The checkpoint's backbone ({cfg.arch.name}, patch {cfg.arch.patch_size}, width {cfg.arch.embed_dim}, "
+            f"depth {cfg.arch.depth}) does not match release {release.name!r} (patch {release.patch_size}); "
+            "pass the version the file belongs to, or no version."
+        )
 
 
 def radio_model(
@@ -274,7 +261,7 @@ def radio_model(
         neck_name: only for RADIO1D research models; must be ``None``.
         extra_safe_globals: plain-data classes to allow when unpickling a file you trust, beyond
             ``argparse.Namespace`` (e.g. ``[pathlib.PosixPath]``); still no code from the file runs.
-        **kwargs: accepted for compatibility with callers of the original (ignored, logged).
+        **kwargs: accepted for compatibility with callers of the original (ignored, with a warning).
 
     Returns:
         The model (``RADIOModel``), or ``(model, checkpoint)`` with ``return_checkpoint=True``.
@@ -282,6 +269,7 @@ def radio_model(
     Raises:
         ValueError: unknown version (lists the known ones) or adaptor (lists the checkpoint's), ViTDet on a
             release that does not support it, or a bad checkpoint (``CheckpointError``).
+        TypeError: an argument of the wrong type (``version``, ``adaptor_names``, ``vitdet_window_size``).
         FileNotFoundError: a local file that does not exist, or weights unavailable offline
             (``WeightsUnavailableError``, which says how to pass a local file).
         NotImplementedError: E-RADIO.
@@ -289,31 +277,21 @@ def radio_model(
     if neck_name is not None:
         raise ValueError(f"neck_name={neck_name!r} only applies to RADIO1D research models; use None for ViTs.")
     if kwargs:
-        _logger.info("radio_model ignores the keyword argument(s): %s", ", ".join(sorted(kwargs)))
-    release: Optional[RadioVersion] = None
-    if checkpoint_path is not None:
-        path = Path(checkpoint_path)
-        if version and not Path(version).is_file():
-            release = get_version(version)
-    elif version and Path(version).is_file():
-        path = Path(version)
-    elif version and _looks_like_path(version):
-        raise FileNotFoundError(f"Checkpoint file not found: {version}")
-    else:
-        release = get_version(version)
-        path = None
-    if release is not None:
-        if release.name == "e-radio_v2":
-            raise NotImplementedError("E-RADIO (e-radio_v2) is not supported yet: it is a convolutional hybrid, "
-                                      "not a ViT. Use a ViT release such as 'c-radio_v4-h'.")
-        if vitdet_window_size is not None and not release.supports_vitdet:
-            raise ValueError(f"Version {release.name!r} does not support ViTDet windowed attention; pass "
-                             "vitdet_window_size=None or use another version.")
-    if path is None:
-        path = resolve_checkpoint(release, progress=progress)
+        _warn_unknown_kwargs(kwargs)
+    names = _adaptor_names(adaptor_names)
+    source = _resolve_source(version, checkpoint_path)
+    release = _release_info(source.release, patch_size, max_resolution, preferred_resolution)
+    if source.release is not None and source.release.name == "e-radio_v2":
+        raise NotImplementedError("E-RADIO (e-radio_v2) is not supported yet: it is a convolutional hybrid, "
+                                  "not a ViT. Use a ViT release such as 'c-radio_v4-h'.")
+    check_vitdet_window_size(vitdet_window_size, release)  # before any download
+
+    path = source.path or resolve_checkpoint(source.release, progress=progress)
     checkpoint = load_checkpoint(path, extra_safe_globals)
-    model = build_model(checkpoint, adaptor_names, vitdet_window_size, release, text_weights,
-                        patch_size, max_resolution, preferred_resolution)
+    cfg = config_from_args(checkpoint.args, release=release, vitdet_window_size=vitdet_window_size)
+    _check_release_matches(cfg, source.release if source.path is not None else None)
+    weights = model_weights(checkpoint.args, checkpoint.state_dict, checkpoint.is_ema, cfg, names)
+    model = build_model(cfg, weights, text_weights)
     if return_checkpoint:
-        return model, checkpoint.raw
+        return model, dict(checkpoint.raw, args=args_as_loaded(checkpoint.args, checkpoint.is_ema))
     return model

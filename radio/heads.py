@@ -16,8 +16,6 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Block
 
-from .checkpoint import CheckpointError
-
 __all__ = ["AttnHead", "MlpV1", "MlpV2", "build_head", "head_sizes", "upsample_tokens", "HEAD_VERSIONS"]
 
 HEAD_VERSIONS = ("v1", "v2", "attn")
@@ -68,7 +66,7 @@ class AttnHead(nn.Module):
     def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
         super().__init__()
         if in_features % _ATTN_HEADS:
-            raise CheckpointError(f"an 'attn' head needs a width divisible by {_ATTN_HEADS}, got {in_features}")
+            raise ValueError(f"an 'attn' head needs a width divisible by {_ATTN_HEADS}, got {in_features}")
         self.blocks = nn.Sequential(*[
             Block(in_features, _ATTN_HEADS, mlp_ratio=4.0, qkv_bias=False, init_values=1e-5) for _ in range(2)
         ])
@@ -80,7 +78,7 @@ class AttnHead(nn.Module):
 
 def _weight(sd: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
     if f"{layer}.weight" not in sd:
-        raise CheckpointError(f"adaptor head weights lack '{layer}.weight'")
+        raise ValueError(f"adaptor head weights lack '{layer}.weight'")
     return sd[f"{layer}.weight"]
 
 

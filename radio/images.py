@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .versions import Resolution, nearest_multiple
+from .outputs import Resolution, nearest_multiple
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -16,8 +16,8 @@ from torch import nn
 from .adaptors import Adaptor
 from .backbone import RadioViT
 from .layers.normalizers import IntermediateFeatureNormalizer, NullIntermediateNormalizer
-from .outputs import RadioOutput, check_feature_fmt, to_nchw
-from .versions import Resolution, nearest_multiple
+from .config import RadioConfig
+from .outputs import RadioOutput, Resolution, check_feature_fmt, nearest_multiple, to_nchw
 
 __all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
 
@@ -61,68 +61,80 @@ class RADIOModel(nn.Module):
     """A RADIO vision foundation model.
 
     Args:
-        model: the backbone.
+        config: the model's configuration (architecture, tokens, teachers, release metadata); every
+            property below reads from it.
+        model: the backbone (conditioned image -> tokens).
         input_conditioner: input standardization (identity once made external).
-        summary_idxs: summary tokens forming the backbone summary.
         adaptors: teacher adaptors, in load order.
         feature_normalizer: applied to the final patch tokens (identity if the checkpoint has none).
         inter_feature_normalizer: per-block normalizer for ``forward_intermediates`` (or ``None``).
-        patch_size, max_resolution, preferred_resolution: release metadata (``None`` if unknown).
-        window_size: ViTDet window size in patches, or ``None``.
     """
 
-    def __init__(self, model: RadioViT, input_conditioner: nn.Module, summary_idxs: Sequence[int],
+    def __init__(self, config: RadioConfig, model: RadioViT, input_conditioner: nn.Module,
                  adaptors: Optional[Dict[str, Adaptor]] = None, feature_normalizer: Optional[nn.Module] = None,
-                 inter_feature_normalizer: Optional[IntermediateFeatureNormalizer] = None,
-                 patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
-                 preferred_resolution: Optional[Tuple[int, int]] = None, window_size: Optional[int] = None,
-                 version: Optional[str] = None) -> None:
+                 inter_feature_normalizer: Optional[IntermediateFeatureNormalizer] = None) -> None:
         super().__init__()
+        self.config = config
         self.model = model
         self.input_conditioner = input_conditioner
-        self.register_buffer("summary_idxs", torch.tensor(list(summary_idxs), dtype=torch.int64), persistent=False)
+        self.register_buffer("summary_idxs", torch.tensor(config.summary_idxs, dtype=torch.int64), persistent=False)
         self.adaptors = nn.ModuleDict(adaptors or {})
         self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
         self.inter_feature_normalizer = inter_feature_normalizer
-        self._patch_size = patch_size
-        self.max_resolution = max_resolution
-        self.preferred_resolution = Resolution(*preferred_resolution) if preferred_resolution is not None else None
-        self.window_size = window_size
-        self.version = version
 
     # ------------------------------------------------------------------------------------------
-    # Properties of the original API
+    # Properties of the original API (all derived from `config`)
+
+    @property
+    def version(self) -> Optional[str]:
+        """The release name, or ``None`` for a file loaded without one."""
+        return self.config.release.name
 
     @property
     def patch_size(self) -> int:
         """Patch size in pixels."""
-        return self._patch_size if self._patch_size is not None else self.model.patch_size
+        return self.config.patch_size
+
+    @property
+    def max_resolution(self) -> int:
+        """Largest side the release was trained for (else the position table's size in pixels)."""
+        return self.config.max_resolution
+
+    @property
+    def preferred_resolution(self) -> Optional[Resolution]:
+        """The resolution the release is tuned for, when known."""
+        return self.config.release.preferred_resolution
+
+    @property
+    def window_size(self) -> Optional[int]:
+        """ViTDet window side in patches, or ``None``."""
+        return self.config.vitdet_window_size
 
     @property
     def min_resolution_step(self) -> int:
         """Input sides must be multiples of this: the patch size, times the ViTDet window size if set."""
-        return self.patch_size * (self.window_size or 1)
+        return self.config.min_resolution_step
 
     @property
     def num_summary_tokens(self) -> int:
         """Prefix tokens before the patch tokens (summary tokens plus registers)."""
-        return self.model.num_prefix_tokens
+        return self.config.num_prefix_tokens
 
     @property
     def num_cls_tokens(self) -> int:
         """Summary tokens the model reads: ``T``, widened to reach every loaded adaptor's token slot."""
         slots = [a.head_idx for a in self.adaptors.values()]
-        return max(self.model.num_cls_tokens, max(slots, default=-1) + 1)
+        return max(self.config.num_cls_tokens, max(slots, default=-1) + 1)
 
     @property
     def summary_dim(self) -> int:
-        """Width of the backbone summary: ``embed_dim * len(summary_idxs)``."""
-        return self.embed_dim * len(self.summary_idxs)
+        """Width of the backbone summary: ``embed_dim * len(summary_idxs)`` (spec model.md §7)."""
+        return self.embed_dim * len(self.config.summary_idxs)
 
     @property
     def embed_dim(self) -> int:
         """Token width ``D``."""
-        return self.model.embed_dim
+        return self.config.arch.embed_dim
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -204,13 +216,20 @@ class RADIOModel(nn.Module):
                 f"resize there (see get_nearest_supported_resolution({h}, {w}))."
             )
 
+    def _summary(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The one summary-token rule: ``(tokens the adaptors read, backbone summary (B, summary_dim))``.
+
+        The DINOv2-wrapper family summarizes with token 0 alone; every other backbone concatenates
+        the summary tokens of ``summary_idxs``.
+        """
+        if self.config.single_summary:
+            return tokens[:, 0], tokens[:, 0]
+        all_summary = tokens[:, : self.num_cls_tokens]
+        return all_summary, all_summary[:, self.summary_idxs].flatten(1)
+
     def _extract(self, tokens: torch.Tensor, grid_hw: Tuple[int, int], feature_fmt: str) -> ForwardOutput:
         """Backbone tokens -> summary, normalized features and adaptor outputs."""
-        if self.model.single_summary:
-            all_summary = summary = tokens[:, 0]
-        else:
-            all_summary = tokens[:, : self.num_cls_tokens]
-            summary = all_summary[:, self.summary_idxs].flatten(1)
+        all_summary, summary = self._summary(tokens)
         features = self.feature_normalizer(tokens[:, self.num_summary_tokens:])
         backbone = RadioOutput(summary, to_nchw(features, grid_hw) if feature_fmt == "NCHW" else features)
         if not len(self.adaptors):
@@ -290,7 +309,6 @@ class RADIOModel(nn.Module):
             raise ValueError(f"the intermediate normalizer covers {normalizer.num_layers} blocks, the model has {depth}")
         final_norm = self.model.norm if norm else nn.Identity()
         skip = self.num_summary_tokens
-        num_cls = self.model.num_cls_tokens
 
         x = self.input_conditioner(x)
         grid = self.model.grid_size(x)
@@ -329,10 +347,7 @@ class RADIOModel(nn.Module):
             if output_fmt == "NCHW":
                 spatial = to_nchw(spatial, grid).contiguous()
             if return_prefix_tokens:
-                prefix = t[:, :num_cls]
-                if prefix.shape[1] > 1:
-                    prefix = prefix[:, self.summary_idxs]
-                results.append(RadioOutput(prefix.flatten(1), spatial))
+                results.append(RadioOutput(self._summary(t)[1], spatial))
             else:
                 results.append(spatial)
         if intermediates_only:

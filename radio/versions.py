@@ -10,7 +10,9 @@ itself (width, depth, teachers, token counts) is read from each checkpoint's ``a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from .outputs import Resolution
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -20,20 +22,8 @@ __all__ = [
     "VERSIONS",
     "get_version",
     "list_versions",
-    "nearest_multiple",
+    "version_for_hf_repo",
 ]
-
-
-class Resolution(NamedTuple):
-    """An image size in pixels, ``(height, width)``."""
-
-    height: int
-    width: int
-
-
-def nearest_multiple(value: float, step: int) -> int:
-    """``value`` rounded to the nearest multiple of ``step`` (Python rounding: ties to even), at least ``step``."""
-    return max(int(round(value / step) * step), step)
 
 
 class UnknownVersionError(KeyError, ValueError):
@@ -65,6 +55,8 @@ class RadioVersion:
         vitdet_num_global: number of global blocks (``period = depth // n``), if set.
         download_query: query string of the original URL (kept for fidelity only).
         sha256: expected SHA-256 of the file, verified after download when known.
+        hf_repo_id: Hugging Face model repository loadable as a model directory (``config.json`` +
+            ``*.safetensors``), or ``None`` where the release table names none.
     """
 
     name: str
@@ -80,6 +72,7 @@ class RadioVersion:
     vitdet_num_global: Optional[int] = None
     download_query: str = "?download=true"
     sha256: Optional[str] = None
+    hf_repo_id: Optional[str] = None
 
     @property
     def url(self) -> str:
@@ -118,21 +111,21 @@ VERSIONS: Dict[str, RadioVersion] = _table(
                  NON_COMMERCIAL),
     RadioVersion("e-radio_v2", "nvidia/RADIO", "eradio_v2.pth.tar", 16, 2048, _R512, NON_COMMERCIAL),
     RadioVersion("c-radio_v2-g", "nvidia/C-RADIOv2-g", "c-radio_v2-g_half.pth.tar", 16, 2048, _R768,
-                 OPEN_MODEL, vitdet_num_global=8, download_query=""),
+                 OPEN_MODEL, vitdet_num_global=8, download_query="", hf_repo_id="nvidia/C-RADIOv2-g"),
     RadioVersion("c-radio_v2-vlm-h", "nvidia/C-RADIOv2-VLM-H", "c-radio_v2-vlm-h.pth.tar", 16, 2048, _R768,
-                 OPEN_MODEL, vitdet_num_global=8, download_query=""),
+                 OPEN_MODEL, vitdet_num_global=8, download_query="", hf_repo_id="nvidia/C-RADIOv2-VLM-H"),
     RadioVersion("c-radio_v3-b", "nvidia/C-RADIOv3-B", "c-radio_v3-b_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-B"),
     RadioVersion("c-radio_v3-l", "nvidia/C-RADIOv3-L", "c-radio-v3_l_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-L"),
     RadioVersion("c-radio_v3-h", "nvidia/C-RADIOv3-H", "c-radio_v3-h_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-H"),
     RadioVersion("c-radio_v3-g", "nvidia/C-RADIOv3-g", "c-radio_v3-g_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-g"),
     RadioVersion("c-radio_v4-so400m", "nvidia/C-RADIOv4-SO400M", "c-radio_v4-so400m_half.pth.tar", 16, 2048,
-                 _R512, OPEN_MODEL, _V4),
+                 _R512, OPEN_MODEL, _V4, hf_repo_id="nvidia/C-RADIOv4-SO400M"),
     RadioVersion("c-radio_v4-h", "nvidia/C-RADIOv4-H", "c-radio_v4-h_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V4),
+                 OPEN_MODEL, _V4, hf_repo_id="nvidia/C-RADIOv4-H"),
 )
 
 DEFAULT_VERSION = "c-radio_v4-h"
@@ -141,6 +134,15 @@ DEFAULT_VERSION = "c-radio_v4-h"
 def list_versions() -> List[str]:
     """Names of all released versions, in release-table order."""
     return list(VERSIONS)
+
+
+def version_for_hf_repo(repo_id: str) -> Optional[RadioVersion]:
+    """The release whose Hugging Face model repository is ``repo_id`` (case-insensitive), if any."""
+    key = repo_id.strip().strip("/").lower()
+    for record in VERSIONS.values():
+        if record.hf_repo_id is not None and record.hf_repo_id.lower() == key:
+            return record
+    return None
 
 
 def get_version(name: str) -> RadioVersion:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from radio.backbone import vitdet_global_blocks
+from radio.config import vitdet_global_blocks
 from radio.layers.windows import window_partition, window_unpartition
 
 
