@@ -8,13 +8,16 @@ expose ``tokenizer`` and ``encode_text``; the tower is built lazily on first tex
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .heads import upsample_tokens
+from .config import TeacherConfig
+from .heads import build_head, upsample_tokens
 from .outputs import RadioOutput, to_nchw
+from .text_encoders import build_text_encoder
 
 if TYPE_CHECKING:
     from .text_encoders import TextEncoder
@@ -43,6 +46,33 @@ class Adaptor(nn.Module):
         self.feat_mlp = feat_mlp
         self.upsample_factor = upsample_factor
         self.text = text
+
+    @classmethod
+    def from_config(cls, teacher: TeacherConfig, summary_state: Mapping[str, torch.Tensor],
+                    feature_state: Mapping[str, torch.Tensor],
+                    text_weights: Union[str, os.PathLike, None] = None) -> "Adaptor":
+        """An adaptor whose heads are shaped after their state dicts (values are not copied).
+
+        Build it under ``torch.device('meta')`` and assign the weights afterwards.
+
+        Raises:
+            ValueError: a head variant that is unknown or does not match its state dict (the message
+                names the adaptor and the head).
+        """
+        heads = []
+        for what, variant, sd in (("summary", teacher.summary_head, summary_state),
+                                  ("feature", teacher.feature_head, feature_state)):
+            label = f"adaptor {teacher.name!r} {what} head"
+            if variant is None:
+                raise ValueError(f"{label}: the checkpoint's args give no mlp_version for its heads")
+            if what == "summary" and variant == "attn":
+                raise ValueError(f"{label}: 'attn' is not a valid summary head variant")
+            try:
+                heads.append(build_head(sd, variant))
+            except ValueError as e:
+                raise ValueError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
+        text = build_text_encoder(teacher.raw, weights=text_weights)
+        return cls(teacher.name, teacher.token_slot, heads[0], heads[1], teacher.fd_upsample_factor, text=text)
 
     @property
     def has_text(self) -> bool:

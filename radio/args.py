@@ -17,9 +17,10 @@ import torch
 
 from .architectures import resolve_architecture
 from .checkpoint import CheckpointError
-from .config import RadioConfig, ReleaseInfo, TeacherConfig
+from .config import RadioConfig, ReleaseInfo, TeacherConfig, as_resolution
+from .versions import RadioVersion
 
-__all__ = ["args_as_loaded", "config_from_args", "spectral_settings"]
+__all__ = ["args_as_loaded", "config_from_args", "release_info"]
 
 _REQUIRED = ("model", "model_kwargs", "teachers", "cpe_max_size")
 #: ``model_kwargs`` entries that only matter for training-time initialization.
@@ -84,24 +85,16 @@ def _factory_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     )
 
 
-def spectral_settings(args: argparse.Namespace, is_ema: bool) -> Tuple[Any, bool]:
-    """``(spectral_reparam, spectral_heads)`` as stored weights need them.
-
-    EMA weights are stored realized, so both are off for them whatever ``args`` says.
-    """
-    if is_ema:
-        return False, False
-    return getattr(args, "spectral_reparam", False), bool(getattr(args, "spectral_heads", False))
-
-
 def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = ReleaseInfo(),
-                     vitdet_window_size: Optional[int] = None) -> RadioConfig:
+                     vitdet_window_size: Optional[int] = None,
+                     named_release: Optional[RadioVersion] = None) -> RadioConfig:
     """Read a checkpoint's ``args`` into a :class:`RadioConfig` (``args`` is left unchanged).
 
     Args:
         args: the training configuration stored in the file.
         release: release metadata (version table, Hugging Face config or user overrides).
         vitdet_window_size: ViTDet window side in patches, or ``None``.
+        named_release: the release a local file was loaded under; its record must fit the file.
 
     Raises:
         CheckpointError: a required field is missing or malformed.
@@ -134,7 +127,7 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"args.dtype must be a torch.dtype, got {dtype!r}")
     final_norm = arch.family == "dinov2" or (bool(getattr(args, "model_norm", False)) and arch.final_norm)
-    return RadioConfig(
+    cfg = RadioConfig(
         arch=arch,
         cpe_max_size=int(args.cpe_max_size),
         num_cls_tokens=num_cls,
@@ -146,6 +139,36 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
         release=release,
         vitdet_window_size=vitdet_window_size,
     )
+    _check_release_matches(cfg, named_release)
+    return cfg
+
+
+def release_info(release: Optional[RadioVersion], patch_size: Optional[int], max_resolution: Optional[int],
+                  preferred_resolution: Optional[Tuple[int, int]]) -> ReleaseInfo:
+    """Release metadata: the version record, with the caller's overrides on top."""
+    base = ReleaseInfo() if release is None else ReleaseInfo(
+        name=release.name, patch_size=release.patch_size, max_resolution=release.max_resolution,
+        preferred_resolution=as_resolution(release.preferred_resolution), supports_vitdet=release.supports_vitdet,
+        vitdet_num_windowed=release.vitdet_num_windowed, vitdet_num_global=release.vitdet_num_global)
+    return ReleaseInfo(
+        name=base.name,
+        patch_size=patch_size or base.patch_size,
+        max_resolution=max_resolution or base.max_resolution,
+        preferred_resolution=as_resolution(preferred_resolution) or base.preferred_resolution,
+        supports_vitdet=base.supports_vitdet,
+        vitdet_num_windowed=base.vitdet_num_windowed,
+        vitdet_num_global=base.vitdet_num_global,
+    )
+
+
+def _check_release_matches(cfg: RadioConfig, release: Optional[RadioVersion]) -> None:
+    """A file loaded under a release name must have that release's patch size."""
+    if release is not None and cfg.arch.patch_size != release.patch_size:
+        raise CheckpointError(
+            f"The checkpoint's backbone ({cfg.arch.name}, patch {cfg.arch.patch_size}, width {cfg.arch.embed_dim}, "
+            f"depth {cfg.arch.depth}) does not match release {release.name!r} (patch {release.patch_size}); "
+            "pass the version the file belongs to, or no version."
+        )
 
 
 def args_as_loaded(args: argparse.Namespace, is_ema: bool) -> argparse.Namespace:

@@ -18,122 +18,87 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .adaptors import Adaptor
-from .args import args_as_loaded, config_from_args
-from .backbone import RadioViT
+from .args import args_as_loaded, config_from_args, release_info
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import RadioConfig, ReleaseInfo, as_resolution, check_vitdet_window_size
+from .config import RadioConfig, check_vitdet_window_size
 from .download import resolve_checkpoint
-from .heads import build_head
-from .layers.conditioner import InputConditioner
-from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer
 from .model import RADIOModel
-from .text_encoders import build_text_encoder
 from .versions import RadioVersion, get_version
-from .weights import HeadWeights, ModelWeights, model_weights
+from .weights import ModelWeights, model_weights
 
 __all__ = ["build_model", "radio_model"]
 
 
-def _assign(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, *, strict: bool = True) -> None:
-    """Give a meta-device ``module`` its weights; every mismatch is a :class:`CheckpointError` with context.
+def _part(key: str) -> str:
+    """The model part a state-dict key belongs to, for error messages."""
+    if key.startswith("adaptors."):
+        name, head = key.split(".")[1:3]
+        return f"adaptor {name!r} {'summary' if head == 'head_mlp' else 'feature'} head"
+    return {"model": "backbone", "input_conditioner": "input conditioner", "feature_normalizer": "feature normalizer",
+            "inter_feature_normalizer": "intermediate feature normalizer"}.get(key.split(".")[0], key.split(".")[0])
 
-    Missing keys and shape mismatches are errors. Unexpected keys are an error when ``strict``,
-    otherwise a warning that lists them (the backbone: the original loads it non-strictly).
+
+def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Give a meta-device model its weights; every mismatch is a :class:`CheckpointError` with context.
+
+    Missing keys and shape mismatches are errors. Unexpected keys are errors too, except the
+    backbone's, which are listed in a warning (the original loads the backbone non-strictly).
     """
-    own = module.state_dict(keep_vars=True)
-    wrong = [f"{k}: expected {tuple(own[k].shape)}, found {tuple(v.shape)}"
+    own = model.state_dict(keep_vars=True)
+    wrong = [f"{_part(k)} weight {k.split('.', 3 if k.startswith('adaptors.') else 1)[-1]!r}: expected "
+             f"{tuple(own[k].shape)}, found {tuple(v.shape)}"
              for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if wrong:
-        raise CheckpointError(f"{what}: {len(wrong)} weight(s) of the checkpoint have the wrong shape "
-                              f"({'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}). The file belongs "
+        raise CheckpointError(f"{len(wrong)} weight(s) of the checkpoint have the wrong shape: "
+                              f"{'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}. The file belongs "
                               "to a different architecture than its args describe, or is corrupt.")
-    result = module.load_state_dict(state_dict, strict=False, assign=True)
+    result = model.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys:
+        parts = sorted({_part(k) for k in result.missing_keys})
         raise CheckpointError(
-            f"The checkpoint lacks {len(result.missing_keys)} {what} weight(s): "
+            f"The checkpoint lacks {len(result.missing_keys)} weight(s) of the {', '.join(parts)}: "
             f"{', '.join(result.missing_keys)}. The file is incomplete or belongs to a different architecture."
         )
+    extra = [k for k in result.unexpected_keys if not k.startswith("model.")]
+    if extra:
+        raise CheckpointError(f"Unexpected weights for the {', '.join(sorted({_part(k) for k in extra}))}: {extra}")
     if result.unexpected_keys:
-        if strict:
-            raise CheckpointError(f"{what} does not match the checkpoint: unexpected keys {result.unexpected_keys}")
-        warnings.warn(f"Ignoring {len(result.unexpected_keys)} unexpected {what} key(s) of the checkpoint: "
-                      f"{', '.join(result.unexpected_keys)}", stacklevel=3)
-    for sub in module.modules():  # constant buffers that are not stored in files
+        keys = [k[len("model."):] for k in result.unexpected_keys]
+        warnings.warn(f"Ignoring {len(keys)} unexpected backbone key(s) of the checkpoint: {', '.join(keys)}",
+                      stacklevel=3)
+    for sub in model.modules():  # constant buffers that are not stored in files
         reset = getattr(sub, "reset_non_persistent_buffers", None)
         if reset is not None:
             reset()
-    leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
-        raise CheckpointError(f"{what}: no value for {', '.join(leftover)}")
-
-
-def _build_backbone(cfg: RadioConfig, weights: ModelWeights) -> nn.Module:
-    global_blocks = cfg.vitdet_global_blocks()
-    with torch.device("meta"):
-        backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
-                            final_norm=cfg.final_norm, window_size=cfg.vitdet_window_size,
-                            global_blocks=global_blocks, dtype=cfg.dtype)
-    _assign(backbone, weights.backbone, "backbone", strict=False)
-    return backbone
-
-
-def _build_head(sd: Mapping[str, torch.Tensor], variant: Optional[str], label: str) -> nn.Module:
-    if variant is None:
-        raise CheckpointError(f"{label}: the checkpoint's args give no mlp_version for its heads")
-    try:
-        with torch.device("meta"):
-            head = build_head(sd, variant)
-    except ValueError as e:
-        raise CheckpointError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
-    _assign(head, sd, f"{label} ({variant})")
-    return head
-
-
-def _build_adaptor(cfg: RadioConfig, name: str, heads: HeadWeights,
-                   text_weights: Optional[Mapping[str, Any]]) -> Adaptor:
-    teacher = cfg.teacher(name)
-    if teacher.summary_head == "attn":
-        raise CheckpointError(f"adaptor {name!r}: 'attn' is not a valid summary head variant")
-    summary = _build_head(heads.summary, teacher.summary_head, f"adaptor {name!r} summary head")
-    feature = _build_head(heads.feature, teacher.feature_head, f"adaptor {name!r} feature head")
-    text = build_text_encoder(teacher.raw, weights=(text_weights or {}).get(name))
-    return Adaptor(name, teacher.token_slot, summary, feature, teacher.fd_upsample_factor, text=text)
-
-
-def _build_normalizers(cfg: RadioConfig, weights: ModelWeights
-                       ) -> Tuple[Optional[FeatureNormalizer], Optional[IntermediateFeatureNormalizer]]:
-    feat = inter = None
-    if weights.feature_normalizer is not None:
-        with torch.device("meta"):
-            feat = FeatureNormalizer(cfg.arch.embed_dim, dtype=cfg.dtype)
-        _assign(feat, weights.feature_normalizer, "feature normalizer")
-    isd = weights.intermediate_normalizer
-    if isd is not None:
-        if "means" not in isd or "rotation" not in isd:
-            raise CheckpointError("the intermediate feature normalizer lacks 'means' or 'rotation'")
-        with torch.device("meta"):
-            inter = IntermediateFeatureNormalizer(isd["means"].shape[0], cfg.arch.embed_dim,
-                                                  isd["rotation"].ndim == 3, dtype=cfg.dtype)
-        _assign(inter, isd, "intermediate feature normalizer")
-    return feat, inter
+        raise CheckpointError(f"no value for {', '.join(leftover)}")
 
 
 def build_model(cfg: RadioConfig, weights: ModelWeights,
                 text_weights: Optional[Mapping[str, Any]] = None) -> RADIOModel:
-    """Assemble a :class:`RADIOModel` (eval mode) from a configuration and its weights.
+    """Build a :class:`RADIOModel` on the meta device and give it its weights (eval mode).
 
     Args:
         cfg: the model configuration (from :func:`radio.args.config_from_args`).
         weights: the weights stage's output; its ``heads`` decide which adaptors are attached.
         text_weights: per-adaptor local text-tower weights (see :func:`radio_model`).
+
+    Raises:
+        CheckpointError: the weights do not fit the configuration.
     """
-    backbone = _build_backbone(cfg, weights)
-    conditioner = InputConditioner(dtype=cfg.dtype)
-    _assign(conditioner, weights.conditioner, "input conditioner")
-    adaptors = {name: _build_adaptor(cfg, name, heads, text_weights) for name, heads in weights.heads.items()}
-    feat_norm, inter_norm = _build_normalizers(cfg, weights)
-    return RADIOModel(cfg, backbone, conditioner, adaptors, feat_norm, inter_norm).eval()
+    heads = {name: (h.teacher, h.summary, h.feature) for name, h in weights.heads.items()}
+    try:
+        with torch.device("meta"):
+            model = RADIOModel.from_config(cfg, heads, feature_normalizer=weights.feature_normalizer is not None,
+                                           intermediate_normalizer=weights.intermediate_normalizer_shape,
+                                           text_weights=text_weights)
+    except ValueError as e:
+        if isinstance(e, CheckpointError) or not str(e).startswith("adaptor "):
+            raise
+        raise CheckpointError(str(e)) from None
+    _assign(model, weights.state_dict())
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,34 +163,6 @@ def _resolve_source(version: Any, checkpoint_path: Any) -> _Source:
     return _Source(None, get_version(version))
 
 
-def _release_info(release: Optional[RadioVersion], patch_size: Optional[int], max_resolution: Optional[int],
-                  preferred_resolution: Optional[Tuple[int, int]]) -> ReleaseInfo:
-    """Release metadata: the version record, with the caller's overrides on top."""
-    base = ReleaseInfo() if release is None else ReleaseInfo(
-        name=release.name, patch_size=release.patch_size, max_resolution=release.max_resolution,
-        preferred_resolution=as_resolution(release.preferred_resolution), supports_vitdet=release.supports_vitdet,
-        vitdet_num_windowed=release.vitdet_num_windowed, vitdet_num_global=release.vitdet_num_global)
-    return ReleaseInfo(
-        name=base.name,
-        patch_size=patch_size or base.patch_size,
-        max_resolution=max_resolution or base.max_resolution,
-        preferred_resolution=as_resolution(preferred_resolution) or base.preferred_resolution,
-        supports_vitdet=base.supports_vitdet,
-        vitdet_num_windowed=base.vitdet_num_windowed,
-        vitdet_num_global=base.vitdet_num_global,
-    )
-
-
-def _check_release_matches(cfg: RadioConfig, release: Optional[RadioVersion]) -> None:
-    """A file loaded under a release name must have that release's patch size."""
-    if release is not None and cfg.arch.patch_size != release.patch_size:
-        raise CheckpointError(
-            f"The checkpoint's backbone ({cfg.arch.name}, patch {cfg.arch.patch_size}, width {cfg.arch.embed_dim}, "
-            f"depth {cfg.arch.depth}) does not match release {release.name!r} (patch {release.patch_size}); "
-            "pass the version the file belongs to, or no version."
-        )
-
-
 def radio_model(
     version: str = "",
     progress: bool = True,
@@ -280,7 +217,7 @@ def radio_model(
         _warn_unknown_kwargs(kwargs)
     names = _adaptor_names(adaptor_names)
     source = _resolve_source(version, checkpoint_path)
-    release = _release_info(source.release, patch_size, max_resolution, preferred_resolution)
+    release = release_info(source.release, patch_size, max_resolution, preferred_resolution)
     if source.release is not None and source.release.name == "e-radio_v2":
         raise NotImplementedError("E-RADIO (e-radio_v2) is not supported yet: it is a convolutional hybrid, "
                                   "not a ViT. Use a ViT release such as 'c-radio_v4-h'.")
@@ -288,8 +225,8 @@ def radio_model(
 
     path = source.path or resolve_checkpoint(source.release, progress=progress)
     checkpoint = load_checkpoint(path, extra_safe_globals)
-    cfg = config_from_args(checkpoint.args, release=release, vitdet_window_size=vitdet_window_size)
-    _check_release_matches(cfg, source.release if source.path is not None else None)
+    cfg = config_from_args(checkpoint.args, release=release, vitdet_window_size=vitdet_window_size,
+                           named_release=source.release if source.path is not None else None)
     weights = model_weights(checkpoint.args, checkpoint.state_dict, checkpoint.is_ema, cfg, names)
     model = build_model(cfg, weights, text_weights)
     if return_checkpoint:

@@ -8,15 +8,16 @@ original fails or silently misbehaves.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .adaptors import Adaptor
 from .backbone import RadioViT
-from .layers.normalizers import IntermediateFeatureNormalizer, NullIntermediateNormalizer
-from .config import RadioConfig
+from .layers.conditioner import InputConditioner
+from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer, NullIntermediateNormalizer
+from .config import RadioConfig, TeacherConfig
 from .outputs import RadioOutput, Resolution, check_feature_fmt, nearest_multiple, to_nchw
 
 __all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
@@ -81,6 +82,44 @@ class RADIOModel(nn.Module):
         self.adaptors = nn.ModuleDict(adaptors or {})
         self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
         self.inter_feature_normalizer = inter_feature_normalizer
+
+    def reset_non_persistent_buffers(self) -> None:
+        """(Re)create the constant buffers, e.g. after the model was built on the meta device."""
+        device = self.input_conditioner.norm_mean.device if hasattr(self.input_conditioner, "norm_mean") else None
+        self.summary_idxs = torch.tensor(self.config.summary_idxs, dtype=torch.int64, device=device)
+
+    @classmethod
+    def from_config(cls, config: RadioConfig,
+                    heads: Mapping[str, Tuple[TeacherConfig, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]] = {},
+                    *, feature_normalizer: bool = False,
+                    intermediate_normalizer: Optional[Tuple[int, bool]] = None,
+                    text_weights: Optional[Mapping[str, Any]] = None) -> "RADIOModel":
+        """Build the whole model, empty, from its configuration (under ``torch.device('meta')`` to load).
+
+        Args:
+            config: the model configuration.
+            heads: adaptor name -> (its teacher, summary head state, feature head state); the states
+                give the heads' shapes (values are not copied).
+            feature_normalizer: whether the model has a feature normalizer.
+            intermediate_normalizer: ``(num_layers, per_layer_rotation)`` of the intermediate
+                normalizer, or ``None``.
+            text_weights: local text-tower weights per adaptor name.
+
+        Raises:
+            ValueError: a head that does not match its state, or an invalid ViTDet setting.
+        """
+        cfg = config
+        backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
+                            final_norm=cfg.final_norm, window_size=cfg.vitdet_window_size,
+                            global_blocks=cfg.vitdet_global_blocks(), dtype=cfg.dtype)
+        adaptors = {name: Adaptor.from_config(teacher, summary, feature, (text_weights or {}).get(name))
+                    for name, (teacher, summary, feature) in heads.items()}
+        feat = FeatureNormalizer(cfg.arch.embed_dim, dtype=cfg.dtype) if feature_normalizer else None
+        inter = None
+        if intermediate_normalizer is not None:
+            num_layers, per_layer_rotation = intermediate_normalizer
+            inter = IntermediateFeatureNormalizer(num_layers, cfg.arch.embed_dim, per_layer_rotation, dtype=cfg.dtype)
+        return cls(cfg, backbone, InputConditioner(dtype=cfg.dtype), adaptors, feat, inter)
 
     # ------------------------------------------------------------------------------------------
     # Properties of the original API (all derived from `config`)

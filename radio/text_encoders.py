@@ -129,6 +129,11 @@ class TextEncoder(nn.Module, abc.ABC):
         # Device/dtype anchor: moved and cast with the module, never saved.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
 
+    def reset_non_persistent_buffers(self) -> None:
+        """Put the anchor on the CPU in float32 when the module was built on the meta device."""
+        if self._anchor.is_meta:
+            self._anchor = torch.empty(0)
+
     @property
     def is_loaded(self) -> bool:
         """Whether the text tower has been built."""

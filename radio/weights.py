@@ -10,6 +10,7 @@ where the weights came from. Spec: checkpoint-format.md §4-§8, adaptors.md §2
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -17,7 +18,6 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .args import spectral_settings
 from .checkpoint import CheckpointError
 from .config import RadioConfig, TeacherConfig
 
@@ -29,6 +29,7 @@ __all__ = [
     "model_weights",
     "realize_parametrizations",
     "rename_layerscale",
+    "spectral_settings",
     "split_prefix",
 ]
 
@@ -47,8 +48,9 @@ KNOWN_PREFIXES = ("base_model.", "input_conditioner.", "_heads.", "_feature_proj
 @dataclass(frozen=True)
 class HeadWeights:
     """One adaptor's heads: ``summary`` (the ``_heads`` entry) and ``feature`` (``_feature_projections``),
-    keys relative to the head, float32, parametrizations realized."""
+    keys relative to the head, float32, parametrizations realized; ``teacher`` is the adaptor's teacher."""
 
+    teacher: TeacherConfig
     summary: StateDict
     feature: StateDict
 
@@ -70,6 +72,32 @@ class ModelWeights:
     heads: Mapping[str, HeadWeights] = field(default_factory=dict)
     feature_normalizer: Optional[StateDict] = None
     intermediate_normalizer: Optional[StateDict] = None
+
+    @property
+    def intermediate_normalizer_shape(self) -> Optional[Tuple[int, bool]]:
+        """``(num_layers, per_layer_rotation)`` of the intermediate normalizer, or ``None``.
+
+        Raises:
+            CheckpointError: the stored normalizer lacks ``means`` or ``rotation``.
+        """
+        isd = self.intermediate_normalizer
+        if isd is None:
+            return None
+        if "means" not in isd or "rotation" not in isd:
+            raise CheckpointError("the intermediate feature normalizer lacks 'means' or 'rotation'")
+        return int(isd["means"].shape[0]), isd["rotation"].ndim == 3
+
+    def state_dict(self) -> StateDict:
+        """All parts under :class:`radio.model.RADIOModel`'s module names (``model.``, ``adaptors.<name>.`` ...)."""
+        out: StateDict = {}
+        parts = [("model.", self.backbone), ("input_conditioner.", self.conditioner),
+                 ("feature_normalizer.", self.feature_normalizer or {}),
+                 ("inter_feature_normalizer.", self.intermediate_normalizer or {})]
+        for name, heads in self.heads.items():
+            parts += [(f"adaptors.{name}.head_mlp.", heads.summary), (f"adaptors.{name}.feat_mlp.", heads.feature)]
+        for prefix, sd in parts:
+            out.update({prefix + k: v for k, v in sd.items()})
+        return out
 
 
 def _cast(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> StateDict:
@@ -232,6 +260,16 @@ def drop_unused(state_dict: Mapping[str, torch.Tensor], unused: Iterable[str]) -
             if not any(k == n or k.startswith(n + ".") for n in names)}
 
 
+def spectral_settings(args: argparse.Namespace, is_ema: bool) -> Tuple[Any, bool]:
+    """``(spectral_reparam, spectral_heads)`` as stored weights need them.
+
+    EMA weights are stored realized, so both are off for them whatever ``args`` says.
+    """
+    if is_ema:
+        return False, False
+    return getattr(args, "spectral_reparam", False), bool(getattr(args, "spectral_heads", False))
+
+
 def _head_state(sd: Mapping[str, torch.Tensor], group: str, teacher: TeacherConfig) -> StateDict:
     """Keys of one teacher's head (``<group>.<index>.*`` or ``<group>.<name>.*``), relative to the head.
 
@@ -269,7 +307,7 @@ def _heads(sd: Mapping[str, torch.Tensor], teacher: TeacherConfig, spectral_head
             )
         hsd = realize_parametrizations(hsd, spectral_heads, what=f"adaptor {teacher.name!r} {what} head")
         parts.append(_cast(hsd, torch.float32))
-    return HeadWeights(*parts)
+    return HeadWeights(teacher, *parts)
 
 
 def _conditioner(sd: Mapping[str, torch.Tensor]) -> StateDict:
