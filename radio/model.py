@@ -8,7 +8,8 @@ original fails or silently misbehaves.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+import numbers
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from .backbone import RadioViT
 from .layers.conditioner import InputConditioner
 from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer, NullIntermediateNormalizer
 from .config import RadioConfig, TeacherConfig
-from .outputs import RadioOutput, Resolution, check_feature_fmt, nearest_multiple, to_nchw
+from .input_checks import check_image_batch, check_image_values, is_tracing, nearest_supported_resolution
+from .outputs import RadioOutput, Resolution, check_feature_fmt, to_nchw
 
 __all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
 
@@ -38,15 +40,23 @@ def resolve_indices(indices: Union[int, Sequence[int], None], depth: int) -> Lis
     """
     if indices is None:
         return list(range(depth))
-    if isinstance(indices, bool) or not isinstance(indices, (int, Sequence)) and not torch.is_tensor(indices):
-        raise TypeError(f"indices must be None, an int or a sequence of ints, got {type(indices).__name__}")
-    if isinstance(indices, int):
+    if torch.is_tensor(indices):
+        if indices.is_floating_point() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must hold integers, got a {indices.dtype} tensor")
+        indices = indices.tolist()
+    if isinstance(indices, bool) or isinstance(indices, str) or not isinstance(indices, (numbers.Integral, Sequence)):
+        raise TypeError(f"indices must be None, an int or a sequence of ints (block indices), got "
+                        f"{type(indices).__name__} {indices!r}")
+    if isinstance(indices, numbers.Integral):
+        indices = int(indices)
         if not 1 <= indices <= depth:
             raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}, "
                              f"so use 1..{depth} (or a list of block indices).")
         return list(range(depth - indices, depth))
     out = set()
     for i in indices:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"indices must be block indices (ints), got the element {i!r} ({type(i).__name__})")
         i = int(i)
         j = depth + i if i < 0 else i
         if not 0 <= j < depth:
@@ -82,6 +92,7 @@ class RADIOModel(nn.Module):
         self.adaptors = nn.ModuleDict(adaptors or {})
         self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
         self.inter_feature_normalizer = inter_feature_normalizer
+        self._warned: Set[str] = set()  # input warnings already given (once per model)
 
     def reset_non_persistent_buffers(self) -> None:
         """(Re)create the constant buffers, e.g. after the model was built on the meta device."""
@@ -181,9 +192,14 @@ class RADIOModel(nn.Module):
         return self.model.blocks
 
     def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
-        """The closest size (each side rounded to a multiple of ``min_resolution_step``, at least one step)."""
-        step = self.min_resolution_step
-        return Resolution(nearest_multiple(height, step), nearest_multiple(width, step))
+        """The closest size the model accepts: each side rounded to a multiple of ``min_resolution_step``
+        (at least one step) and capped at the release's ``max_resolution`` (when the release is known).
+
+        Raises:
+            ValueError: a side that is not a positive finite number.
+        """
+        return nearest_supported_resolution(height, width, self.min_resolution_step,
+                                            self.config.release.max_resolution)
 
     def switch_to_deploy(self) -> None:
         """Kept for API compatibility; RADIO ViTs have nothing to re-parametrize at deploy time."""
@@ -234,26 +250,15 @@ class RADIOModel(nn.Module):
     # Forward
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not torch.is_tensor(x):
-            raise TypeError(f"expected an image tensor (B, 3, H, W), got {type(x).__name__}")
-        if x.ndim != 4:
-            hint = " For a single image use x.unsqueeze(0)." if x.ndim == 3 else ""
-            raise ValueError(f"expected an image batch of shape (B, 3, H, W), got shape {tuple(x.shape)}.{hint}")
-        if x.shape[1] != 3:
-            raise ValueError(f"expected 3 (RGB) channels in dim 1, got {x.shape[1]} (shape {tuple(x.shape)}); "
-                             "RADIO takes RGB images in NCHW layout.")
-        if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point image with values in [0, 1], got dtype {x.dtype}; "
-                            "convert integer images with x.float() / 255.")
-        step = self.min_resolution_step
-        h, w = x.shape[-2:]
-        if h % step or w % step:
-            nearest = self.get_nearest_supported_resolution(h, w)
-            raise ValueError(
-                f"Input size {h}x{w} is not supported: height and width must be multiples of "
-                f"min_resolution_step={step}. The nearest supported size is {nearest.height}x{nearest.width}; "
-                f"resize there (see get_nearest_supported_resolution({h}, {w}))."
-            )
+        """Shape errors, then (eager calls only) warnings for likely mistakes in the values."""
+        check_image_batch(x, self.min_resolution_step)
+        if not is_tracing():
+            check_image_values(x, standardizes=not isinstance(self.input_conditioner, nn.Identity),
+                               max_resolution=self.config.release.max_resolution, warned=self._warned)
+
+    def _condition(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardize (in float32) and cast to the backbone's current dtype (it follows ``.half()`` etc.)."""
+        return self.input_conditioner(x).to(self.model.patch_generator.embedder.weight.dtype)
 
     def _summary(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The one summary-token rule: ``(tokens the adaptors read, backbone summary (B, summary_dim))``.
@@ -297,7 +302,7 @@ class RADIOModel(nn.Module):
             raise TypeError("num_tokens only applies to RADIO1D research models; ViT backbones take no token budget.")
         check_feature_fmt(feature_fmt)
         self._check_input(x)
-        x = self.input_conditioner(x)
+        x = self._condition(x)
         tokens = self.model(x)
         return self._extract(tokens, self.model.grid_size(x), feature_fmt)
 
@@ -349,7 +354,7 @@ class RADIOModel(nn.Module):
         final_norm = self.model.norm if norm else nn.Identity()
         skip = self.num_summary_tokens
 
-        x = self.input_conditioner(x)
+        x = self._condition(x)
         grid = self.model.grid_size(x)
         wanted = set(selected)
         emitted: List[torch.Tensor] = []

@@ -1,0 +1,122 @@
+"""Input guard rails shared by every forward path: shape errors and warnings for likely mistakes.
+
+Shape problems raise (they would fail later with an obscure message, or silently give wrong
+features). Value problems warn: a 0-255 image or an already standardized one still produces
+numbers, just meaningless ones. The value checks are cheap reductions over the input; they never
+run while the model is traced, compiled or exported, so no graph ever contains them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Set
+
+import torch
+
+from .outputs import Resolution, nearest_multiple
+
+__all__ = ["check_image_batch", "check_image_values", "is_tracing", "nearest_supported_resolution"]
+
+#: A float image whose maximum exceeds this is almost surely on the 0-255 scale.
+MAX_PLAUSIBLE = 1.5
+#: A float image whose minimum is below this was almost surely standardized already.
+MIN_PLAUSIBLE = -0.5
+
+
+def is_tracing() -> bool:
+    """Whether the current call is being traced, compiled or exported (no Python-side checks then)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and onnx.is_in_onnx_export())
+
+
+def nearest_supported_resolution(height: float, width: float, step: int,
+                                 max_resolution: Optional[int] = None) -> Resolution:
+    """Each side rounded to the nearest multiple of ``step`` (at least one step), capped at ``max_resolution``.
+
+    Raises:
+        ValueError: a side that is not a positive finite number.
+    """
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive finite number of pixels, got {v!r}")
+    cap = None if max_resolution is None else max((max_resolution // step) * step, step)
+    sides = [nearest_multiple(v, step) for v in (height, width)]
+    if cap is not None:
+        sides = [min(s, cap) for s in sides]
+    return Resolution(*sides)
+
+
+def check_image_batch(x: torch.Tensor, step: int, channels: int = 3) -> None:
+    """Raise for anything that is not a floating ``(B, channels, H, W)`` batch with sides multiples of ``step``.
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: wrong rank, channel count, an empty side, or sides that are not multiples of ``step``.
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(f"expected an image tensor (B, 3, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " For a single image use x.unsqueeze(0)." if x.ndim == 3 else ""
+        raise ValueError(f"expected an image batch of shape (B, 3, H, W), got shape {tuple(x.shape)}.{hint}")
+    if x.shape[1] != channels:
+        raise ValueError(f"expected {channels} (RGB) channels in dim 1, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                         "RADIO takes RGB images in NCHW layout.")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point image with values in [0, 1], got dtype {x.dtype}; "
+                        "convert integer images with x.float() / 255.")
+    h, w = x.shape[-2:]
+    if h == 0 or w == 0 or x.shape[0] == 0:
+        raise ValueError(f"the image batch is empty (shape {tuple(x.shape)}); pass at least one image of at "
+                         f"least {step}x{step} pixels.")
+    if h % step or w % step:
+        nearest = nearest_supported_resolution(h, w, step)
+        raise ValueError(
+            f"Input size {h}x{w} is not supported: height and width must be multiples of "
+            f"min_resolution_step={step}. The nearest supported size is {nearest.height}x{nearest.width}; "
+            f"resize there (see get_nearest_supported_resolution({h}, {w}))."
+        )
+
+
+def check_image_values(x: torch.Tensor, *, standardizes: bool, max_resolution: Optional[int],
+                       warned: Set[str]) -> None:
+    """Warn about inputs that are valid tensors but likely mistakes.
+
+    Args:
+        x: the image batch.
+        standardizes: whether the model still applies its input conditioner (expects ``[0, 1]``).
+        max_resolution: the largest side the model was trained for, when known.
+        warned: causes already reported by this model; range warnings are given once per model
+            (non-finite pixels every time, since they concern one batch).
+    """
+    if is_tracing():
+        return
+    h, w = x.shape[-2:]
+    if max_resolution is not None and max(h, w) > max_resolution and "max_resolution" not in warned:
+        warned.add("max_resolution")
+        warnings.warn(f"Input size {h}x{w} exceeds this model's max_resolution {max_resolution}: outputs degrade "
+                      "past the trained range; resize the image (see get_nearest_supported_resolution).",
+                      UserWarning, stacklevel=4)
+    finite = torch.isfinite(x).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        warnings.warn(f"Images {bad} of the batch contain NaN or Inf pixels; their outputs will be NaN.",
+                      UserWarning, stacklevel=4)
+        x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if not standardizes:
+        return
+    lo, hi = float(x.amin()), float(x.amax())
+    if hi > MAX_PLAUSIBLE and "scale" not in warned:
+        warned.add("scale")
+        warnings.warn(f"The input's maximum is {hi:.4g}, but RADIO expects RGB values in [0, 1]: it looks like a "
+                      "0-255 image. Divide it by 255 (x.float() / 255).", UserWarning, stacklevel=4)
+    elif lo < MIN_PLAUSIBLE and "standardized" not in warned:
+        warned.add("standardized")
+        warnings.warn(f"The input's minimum is {lo:.4g}, but RADIO expects RGB values in [0, 1] and standardizes "
+                      "them itself: it looks like an already standardized image. Pass images in [0, 1], or call "
+                      "model.make_preprocessor_external() and standardize them yourself.", UserWarning, stacklevel=4)
