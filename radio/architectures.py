@@ -20,7 +20,7 @@ from torch import nn
 __all__ = ["ArchSpec", "RADIO_ARCHITECTURES", "resolve_architecture", "UnsupportedArchitectureError"]
 
 
-class UnsupportedArchitectureError(NotImplementedError):
+class UnsupportedArchitectureError(NotImplementedError, ValueError):
     """The checkpoint's ``args.model`` names an architecture this package cannot build."""
 
 

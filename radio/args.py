@@ -143,8 +143,9 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
     return cfg
 
 
-def release_info(release: Optional[RadioVersion], patch_size: Optional[int], max_resolution: Optional[int],
-                  preferred_resolution: Optional[Tuple[int, int]]) -> ReleaseInfo:
+def release_info(release: Optional[RadioVersion], patch_size: Optional[int] = None,
+                 max_resolution: Optional[int] = None,
+                 preferred_resolution: Optional[Tuple[int, int]] = None) -> ReleaseInfo:
     """Release metadata: the version record, with the caller's overrides on top."""
     base = ReleaseInfo() if release is None else ReleaseInfo(
         name=release.name, patch_size=release.patch_size, max_resolution=release.max_resolution,

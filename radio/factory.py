@@ -20,10 +20,11 @@ from torch import nn
 
 from .args import args_as_loaded, config_from_args, release_info
 from .checkpoint import CheckpointError, load_checkpoint
+from .hf import HFMetadata, read_hf_directory
 from .config import RadioConfig, check_vitdet_window_size
-from .download import resolve_checkpoint
+from .download import resolve_hf_repository, resolve_release
 from .model import RADIOModel
-from .versions import RadioVersion, get_version
+from .versions import VERSIONS, RadioVersion, get_version, version_for_hf_repo
 from .weights import ModelWeights, model_weights
 
 __all__ = ["build_model", "radio_model"]
@@ -137,10 +138,18 @@ def _warn_unknown_kwargs(kwargs: Mapping[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where the weights come from: a local file, and the release record when one is named."""
+    """Where the weights come from: a local file or directory, a Hub repository id, and the release record."""
 
     path: Optional[Path]
     release: Optional[RadioVersion]
+    repo_id: Optional[str] = None
+
+
+def _is_repo_id(version: str) -> bool:
+    """``org/name`` that is not a local path: a Hugging Face Hub model repository."""
+    parts = version.split("/")
+    return (len(parts) == 2 and all(parts) and not version.startswith((".", "~"))
+            and not version.endswith((".pth", ".tar", ".pt", ".safetensors")) and not Path(version).exists())
 
 
 def _resolve_source(version: Any, checkpoint_path: Any) -> _Source:
@@ -150,17 +159,42 @@ def _resolve_source(version: Any, checkpoint_path: Any) -> _Source:
     if version is None:
         version = ""
     if not isinstance(version, (str, os.PathLike)):
-        raise TypeError(f"version must be a release name (see radio.list_versions()) or a checkpoint path, got "
-                        f"{type(version).__name__} {version!r}")
+        raise TypeError(f"version must be a release name (see radio.list_versions()), a Hugging Face repository id, "
+                        f"or a checkpoint path, got {type(version).__name__} {version!r}")
     version = os.fspath(version)
     if checkpoint_path is not None:
-        release = get_version(version) if version and not Path(version).is_file() else None
+        release = get_version(version) if version and not Path(version).exists() else None
         return _Source(Path(checkpoint_path), release)
-    if version and Path(version).is_file():
+    if version and Path(version).exists():
         return _Source(Path(version), None)
-    if version and _looks_like_path(version):
-        raise FileNotFoundError(f"Checkpoint file not found: {version}")
-    return _Source(None, get_version(version))
+    if version in VERSIONS or not version:
+        return _Source(None, get_version(version))
+    if _is_repo_id(version):
+        return _Source(None, version_for_hf_repo(version), repo_id=version)
+    if _looks_like_path(version):
+        raise FileNotFoundError(f"Checkpoint file or directory not found: {version}")
+    return _Source(None, get_version(version))  # an unknown name: the error lists the known ones
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a reader returned, in the official layout (the weights stage's input)."""
+
+    args: Any
+    state_dict: Mapping[str, torch.Tensor]
+    is_ema: bool
+    raw: Dict[str, Any]
+    metadata: Optional[HFMetadata] = None
+
+
+def _read(path: Path, repo_id: Optional[str], extra_safe_globals: Sequence[type]) -> _Read:
+    """Read a ``.pth.tar`` file (weights-only unpickler) or a Hugging Face directory (safetensors only)."""
+    if path.is_dir():
+        repo = read_hf_directory(path, repo_id=repo_id)
+        return _Read(repo.args, repo.state_dict, False, {"args": repo.args, "config": repo.config,
+                                                          "state_dict": repo.state_dict}, repo.metadata)
+    ckpt = load_checkpoint(path, extra_safe_globals)
+    return _Read(ckpt.args, ckpt.state_dict, ckpt.is_ema, ckpt.raw)
 
 
 def radio_model(
@@ -177,13 +211,16 @@ def radio_model(
     preferred_resolution: Optional[Tuple[int, int]] = None,
     neck_name: Optional[str] = None,
     extra_safe_globals: Sequence[type] = (),
+    revision: Optional[str] = None,
     **kwargs: Any,
 ) -> Union[RADIOModel, Tuple[RADIOModel, Dict[str, Any]]]:
     """Load a RADIO model (AM-RADIO, RADIOv2.x, C-RADIOv2/v3/v4) in eval mode.
 
     Args:
-        version: a release name (see ``radio.list_versions()``; ``''`` = ``'c-radio_v4-h'``), or the path
-            of a local checkpoint file (kept for compatibility; prefer ``checkpoint_path``).
+        version: a release name (see ``radio.list_versions()``; ``''`` = ``'c-radio_v4-h'``), a Hugging Face
+            Hub repository id (``'nvidia/C-RADIOv4-H'``; only ``config.json`` and ``*.safetensors`` are
+            fetched, no code), a local Hugging Face directory (either layout), or the path of a local
+            checkpoint file (kept for compatibility; prefer ``checkpoint_path``).
         progress: show a progress bar while downloading.
         adaptor_names: teacher adaptor(s) to attach, e.g. ``'clip'`` or ``['siglip2-g', 'dino_v3']``. With
             adaptors, ``model(x)`` returns a dict with ``'backbone'`` and one entry per adaptor.
@@ -198,6 +235,7 @@ def radio_model(
         neck_name: only for RADIO1D research models; must be ``None``.
         extra_safe_globals: plain-data classes to allow when unpickling a file you trust, beyond
             ``argparse.Namespace`` (e.g. ``[pathlib.PosixPath]``); still no code from the file runs.
+        revision: branch, tag or commit of a Hugging Face repository id.
         **kwargs: accepted for compatibility with callers of the original (ignored, with a warning).
 
     Returns:
@@ -217,18 +255,29 @@ def radio_model(
         _warn_unknown_kwargs(kwargs)
     names = _adaptor_names(adaptor_names)
     source = _resolve_source(version, checkpoint_path)
-    release = release_info(source.release, patch_size, max_resolution, preferred_resolution)
     if source.release is not None and source.release.name == "e-radio_v2":
         raise NotImplementedError("E-RADIO (e-radio_v2) is not supported yet: it is a convolutional hybrid, "
                                   "not a ViT. Use a ViT release such as 'c-radio_v4-h'.")
-    check_vitdet_window_size(vitdet_window_size, release)  # before any download
+    check_vitdet_window_size(vitdet_window_size, release_info(source.release))  # before any download
 
-    path = source.path or resolve_checkpoint(source.release, progress=progress)
-    checkpoint = load_checkpoint(path, extra_safe_globals)
-    cfg = config_from_args(checkpoint.args, release=release, vitdet_window_size=vitdet_window_size,
+    if source.path is not None:
+        path = source.path
+    elif source.repo_id is not None:
+        path = resolve_hf_repository(source.repo_id, revision=revision, progress=progress)
+    else:
+        path = resolve_release(source.release, progress=progress)
+    read = _read(path, source.repo_id, extra_safe_globals)
+    meta = read.metadata
+    record = source.release if source.release is not None or meta is None else VERSIONS.get(meta.version or "")
+    release = release_info(record, patch_size or (meta and meta.patch_size),
+                           max_resolution or (meta and meta.max_resolution),
+                           preferred_resolution or (meta and meta.preferred_resolution))
+    if vitdet_window_size is None and meta is not None:
+        vitdet_window_size = meta.vitdet_window_size
+    cfg = config_from_args(read.args, release=release, vitdet_window_size=vitdet_window_size,
                            named_release=source.release if source.path is not None else None)
-    weights = model_weights(checkpoint.args, checkpoint.state_dict, checkpoint.is_ema, cfg, names)
+    weights = model_weights(read.args, read.state_dict, read.is_ema, cfg, names)
     model = build_model(cfg, weights, text_weights)
     if return_checkpoint:
-        return model, dict(checkpoint.raw, args=args_as_loaded(checkpoint.args, checkpoint.is_ema))
+        return model, dict(read.raw, args=args_as_loaded(read.args, read.is_ema))
     return model

@@ -71,10 +71,17 @@ def test_offline_error_names_file_and_local_path_fix(hub_dir, monkeypatch):
 def test_unreachable_network_error(hub_dir, monkeypatch):
     import huggingface_hub
 
+    from radio import download
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hf([], error=ConnectionError("no route")))
-    with pytest.raises(WeightsUnavailableError, match="no route"):
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hf(calls, error=ConnectionError("no route")))
+    # the reachability probe is faked too: a test never touches the network (not even a name lookup)
+    monkeypatch.setattr(download, "hub_unreachable_reason", lambda timeout=3.0: "cannot resolve huggingface.co")
+    with pytest.raises(WeightsUnavailableError, match="unreachable: cannot resolve huggingface.co") as info:
         resolve_checkpoint(get_version("radio_v2"))
+    assert "no route" in str(info.value)
+    assert len(calls) == 1 and calls[0][2] == {"local_files_only": True}  # one cache lookup, no retry loop
 
 
 def test_checksum_mismatch_is_reported(hub_dir, tmp_path, monkeypatch):

@@ -1,0 +1,134 @@
+"""Exports: pickle-free remote-code safetensors (round trip) and transformers.RadioModel (parity)."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from ckpt_writer import make_checkpoint
+from conftest import assert_close_rel
+from radio.export.safetensors_export import (export_safetensors, export_safetensors_from,
+                                             relative_error)
+from radio.export.transformers_export import export_transformers, verify_transformers_export
+from radio import radio_model
+from radio.hf import read_hf_directory
+
+ALL = ["clip", "dino_v2", "sam"]
+
+
+def test_relative_error():
+    b = torch.tensor([3.0, 4.0])
+    assert relative_error(b, b) == 0.0
+    assert relative_error(torch.tensor([3.0, 5.0]), b) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="shapes"):
+        relative_error(torch.zeros(2), torch.zeros(3))
+
+
+def test_safetensors_round_trip_of_a_spectral_checkpoint(tmp_path, images):
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "sn.pth.tar", spectral_reparam=True, layerscale="grandma",
+                        feature_normalizer=True, intermediate_normalizer="shared", fd_upsample_factor=2,
+                        teachers=[{"name": "clip", "type": "open_clip", "model": "ViT-B-16", "pretrained": "x"},
+                                  {"name": "dino_v2", "type": "generic", "token_slot": 1},
+                                  {"name": "sam", "type": "generic", "use_summary": False}])
+    out, errors = export_safetensors_from(w.path, tmp_path / "out", verify=True)
+    assert errors and max(errors.values()) == 0.0
+    assert any("clip.features" in k for k in errors)
+    config = json.loads((out / "config.json").read_text())
+    assert "model_type" not in config and config["args"]["spectral_reparam"] is False
+    assert config["adaptor_configs"]["dino_v2"]["head_idx"] == 1
+    assert config["adaptor_configs"]["clip"]["feature"]["upsample_factor"] == 2
+    assert config["adaptor_configs"]["clip"]["summary"] == {"input_dim": 32, "hidden_dim": 24, "output_dim": 16,
+                                                            "num_inner": 1}
+    assert config["inter_feature_normalizer_config"] == {"num_intermediates": 2, "embed_dim": 32,
+                                                         "rot_per_layer": False}
+    repo = read_hf_directory(out)
+    assert not any("parametrizations" in k for k in repo.state_dict)
+    # independent check: the realized weights of the writer are what the file holds
+    for k, v in w.realized["backbone"].items():
+        assert torch.equal(repo.state_dict["base_model." + k.replace("grandma", "gamma")], v), k
+    source = radio_model(w.path, adaptor_names=ALL)
+    with torch.no_grad():
+        x = images(1, 48, 64)
+        a, b = source(x), radio_model(str(out), adaptor_names=ALL)(x)
+        assert torch.equal(a["clip"].features, b["clip"].features)
+        fa = source.forward_intermediates(x, indices=[0, 1], output_fmt="NLC", aggregation="dense")
+        fb = radio_model(str(out), adaptor_names=ALL).forward_intermediates(x, indices=[0, 1], output_fmt="NLC", aggregation="dense")
+    flat = [torch.cat([t.flatten() for t in _tensors(o)]) for o in (fa, fb)]
+    assert flat[0].numel() > 0 and torch.equal(flat[0], flat[1])
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def test_bf16_safetensors_round_trip(tmp_path, images):
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "bf.pth.tar", args_dtype=torch.bfloat16)
+    model, ckpt = radio_model(w.path, adaptor_names=ALL, return_checkpoint=True)
+    out = export_safetensors(model, ckpt["args"], tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["dtype"] == "bfloat16"
+    sd = read_hf_directory(out).state_dict
+    assert sd["base_model.blocks.0.mlp.fc1.weight"].dtype is torch.bfloat16
+    assert sd["_heads.clip.fc1.weight"].dtype is torch.float32
+    x = images(2, 32, 64)
+    with torch.no_grad():
+        a, b = model(x), radio_model(str(out), adaptor_names=ALL)(x)
+    for name in a:
+        assert torch.equal(a[name].summary, b[name].summary) and torch.equal(a[name].features, b[name].features)
+
+
+def test_transformers_round_trip_with_layerscale(tmp_path):
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "ls.pth.tar", layerscale="grandma", embed_dim=32, num_heads=4,
+                        cpe_max_size=128, storage_dtype=torch.float32)
+    model = radio_model(w.path)
+    with torch.no_grad():  # make LayerScale clearly non-identity so that dropping it would show
+        for blk in model.model.blocks:
+            assert blk.ls1.gamma.abs().sum() > 0
+    out = export_transformers(model, tmp_path / "tf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "radio" and config["max_img_size"] == 128
+    from safetensors.torch import load_file
+
+    keys = load_file(str(out / "model.safetensors")).keys()
+    assert "radio_model.model.blocks.0.layer_scale1.lambda1" in keys
+    errors = verify_transformers_export(model, out, sizes=[(128, 128), (48, 80), (160, 32)])
+    assert max(errors.values()) <= 1e-6, errors
+    # and this package reads the transformers-native directory back to the same outputs
+    back = radio_model(str(out))
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert_close_rel(back(x).features, model(x).features, 0.0)
+
+
+def test_transformers_export_blockers_and_opt_in(tmp_path):
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "n.pth.tar", feature_normalizer=True, model_norm=True)
+    model = radio_model(w.path, adaptor_names="clip")
+    with pytest.raises(ValueError, match="final norm.*adaptors \\['clip'\\].*feature normalizer"):
+        export_transformers(model, tmp_path / "x")
+    w2 = make_checkpoint(tmp_path / "f.pth.tar", feature_normalizer=True)
+    model2 = radio_model(w2.path, adaptor_names="clip")
+    with pytest.raises(ValueError, match="drop_unsupported=True"):
+        export_transformers(model2, tmp_path / "y")
+    with pytest.warns(UserWarning, match="Exporting without"):
+        out = export_transformers(model2, tmp_path / "y", drop_unsupported=True)
+    errors = verify_transformers_export(model2, out, sizes=[(64, 64), (32, 96)])
+    assert max(errors.values()) <= 1e-6, errors
+    w3 = make_checkpoint(tmp_path / "d.pth.tar", depth=8)
+    vit = radio_model(w3.path, vitdet_window_size=2)
+    with pytest.raises(ValueError, match="ViTDet"):
+        export_transformers(vit, tmp_path / "z", drop_unsupported=True)

@@ -1,0 +1,299 @@
+"""Reading Hugging Face RADIO directories (remote-code and transformers-native layouts), no network.
+
+Repositories are written by ``tests/hf_writer.py`` from tiny official checkpoints
+(``tests/ckpt_writer.py``); the reader's canonical state dict is compared with the official file's,
+and models built from both are compared output by output.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_writer import make_checkpoint
+from conftest import assert_close_rel
+from hf_writer import MARKER, plant_python_files, shard, write_native_repo, write_remote_code_repo
+from radio.checkpoint import CheckpointError, load_checkpoint
+from radio.hf import is_hf_directory, read_hf_directory, repo_id_from_path
+
+ALL = ["clip", "dino_v2", "sam"]
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _build(path, adaptor_names=None):
+    from radio import radio_model
+
+    return radio_model(str(path), adaptor_names=adaptor_names)
+
+
+def _compare_models(a, b, x, tol=1e-6):
+    with torch.no_grad():
+        oa, ob = a(x), b(x)
+        if isinstance(oa, dict):
+            assert sorted(oa) == sorted(ob)
+            pairs = [(oa[k], ob[k]) for k in oa]
+        else:
+            pairs = [(oa, ob)]
+        for pa, pb in pairs:
+            assert_close_rel(pb.summary, pa.summary, tol)
+            assert_close_rel(pb.features, pa.features, tol)
+
+
+@pytest.fixture
+def plain(tmp_path):
+    w = make_checkpoint(tmp_path / "plain.pth.tar", layerscale="gamma", feature_normalizer=True,
+                        intermediate_normalizer="per_layer", storage_dtype=torch.float32,
+                        teachers=[{"name": "clip", "type": "generic"}, {"name": "dino_v2", "type": "generic"},
+                                  {"name": "sam", "type": "generic", "use_summary": False, "token_slot": 5}])
+    return w
+
+
+def test_remote_code_state_dict_equals_official(plain, tmp_path):
+    repo = write_remote_code_repo(plain, tmp_path / "repo")
+    assert is_hf_directory(repo) and not is_hf_directory(plain.path)
+    got = read_hf_directory(repo)
+    assert got.layout == "remote_code"
+    official = dict(load_checkpoint(plain.path).state_dict)
+    shared = [k for k in official if not k.startswith(("_heads.", "_feature_projections."))]
+    hf_non_head = [k for k in got.state_dict if not k.startswith(("_heads.", "_feature_projections."))]
+    assert sorted(shared) == sorted(hf_non_head)
+    for k in shared:
+        assert torch.equal(got.state_dict[k], official[k].float()), k
+    # heads are keyed by name in the HF layout and by index in the official file
+    for i, name in enumerate(ALL):
+        for group in ("_heads", "_feature_projections"):
+            ours = {k[len(f"{group}.{name}."):]: v for k, v in got.state_dict.items()
+                    if k.startswith(f"{group}.{name}.")}
+            theirs = {k[len(f"{group}.{i}."):]: v for k, v in official.items() if k.startswith(f"{group}.{i}.")}
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert got.args.teachers[2]["token_slot"] == 5
+    assert vars(got.args).keys() - {"damp"} == vars(plain.args).keys() - {"damp"}
+    assert got.metadata.version == "c-radio_v4-h" and got.metadata.patch_size == 16
+    assert got.metadata.preferred_resolution == (512, 512)
+
+
+def test_remote_code_outputs_equal_official_and_code_never_runs(plain, tmp_path, images):
+    from radio import radio_model
+
+    repo = write_remote_code_repo(plain, tmp_path / "repo", plant_code=True)
+    marker = repo / MARKER
+    official = radio_model(plain.path, adaptor_names=ALL)
+    model = _build(repo, ALL)
+    x = images(2, 64, 96)
+    _compare_models(official, model, x, tol=0.0)
+    assert model.adaptors["sam"].head_idx == 5
+    with torch.no_grad():
+        a = official.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", aggregation="dense")
+        b = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", aggregation="dense")
+    flat_a = torch.cat([t.flatten() for t in _tensors(a)])
+    flat_b = torch.cat([t.flatten() for t in _tensors(b)])
+    assert torch.equal(flat_a, flat_b)
+    assert not marker.exists()
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def test_sharded_equals_single(plain, tmp_path):
+    single = read_hf_directory(write_remote_code_repo(plain, tmp_path / "a"))
+    repo = write_remote_code_repo(plain, tmp_path / "b")
+    shard(repo, 3)
+    assert not (repo / "model.safetensors").exists()
+    sharded = read_hf_directory(repo)
+    assert sharded.state_dict.keys() == single.state_dict.keys()
+    assert all(torch.equal(sharded.state_dict[k], single.state_dict[k]) for k in single.state_dict)
+
+
+def test_bf16_remote_code_matches_official(tmp_path, images):
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "bf.pth.tar", args_dtype=torch.bfloat16, storage_dtype=torch.float32)
+    repo = write_remote_code_repo(w, tmp_path / "repo")
+    got = read_hf_directory(repo)
+    assert got.args.dtype is torch.bfloat16
+    assert got.state_dict["base_model.blocks.0.attn.qkv.weight"].dtype is torch.bfloat16
+    _compare_models(radio_model(w.path, adaptor_names="clip"), _build(repo, ["clip"]), images(1, 32, 48), 0.0)
+
+
+def test_single_cls_token_follows_hub_summary_rule(tmp_path, caplog):
+    w = make_checkpoint(tmp_path / "s.pth.tar", cls_token_per_teacher=False, register_multiple=4)
+    repo = write_remote_code_repo(w, tmp_path / "repo")  # stores the remote-code value [0, 1]
+    with caplog.at_level(logging.WARNING, logger="radio.hf"):
+        model = _build(repo)
+    assert "hub rule" in caplog.text
+    assert model.summary_idxs.tolist() == [0]
+    assert model.num_cls_tokens == 1
+
+
+def test_adaptor_missing_from_adaptor_configs_is_refused(plain, tmp_path):
+    repo = write_remote_code_repo(plain, tmp_path / "repo", adaptors=["clip"])
+    model = _build(repo, ["clip"])
+    assert list(model.adaptors) == ["clip"]
+    with pytest.raises(ValueError, match="dino_v2"):
+        _build(repo, ["dino_v2"])
+
+
+@pytest.mark.parametrize("names", ["disk", "memory"])
+def test_native_layout_reads_both_name_sets(tmp_path, images, names):
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "ls.pth.tar", layerscale="grandma", storage_dtype=torch.float32)
+    repo = write_native_repo(w, tmp_path / names, names=names)
+    got = read_hf_directory(repo)
+    assert got.layout == "native"
+    for k, v in w.realized["backbone"].items():
+        k = k.replace(".grandma", ".gamma")
+        assert torch.equal(got.state_dict[f"base_model.{k}"], v), k
+    official = radio_model(w.path)
+    _compare_models(official, _build(repo), images(2, 48, 80), tol=0.0)
+
+
+def test_native_metadata_from_hub_cache_path(tmp_path):
+    w = make_checkpoint(None)
+    snap = tmp_path / "models--nvidia--C-RADIOv4-SO400M" / "snapshots" / ("a" * 40)
+    write_native_repo(w, snap)
+    assert repo_id_from_path(snap) == "nvidia/C-RADIOv4-SO400M"
+    meta = read_hf_directory(snap).metadata
+    assert meta.version == "c-radio_v4-so400m" and meta.preferred_resolution == (512, 512)
+
+
+def test_error_cases(plain, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        read_hf_directory(empty)
+    with pytest.raises(FileNotFoundError):
+        read_hf_directory(tmp_path / "nope")
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match="neither a RADIO remote-code config"):
+        read_hf_directory(bert)
+
+    repo = write_remote_code_repo(plain, tmp_path / "noweights")
+    (repo / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no weights"):
+        read_hf_directory(repo)
+    (repo / "pytorch_model.bin").write_bytes(b"\x80\x04N.")
+    marker = plant_python_files(repo)
+    with pytest.raises(CheckpointError, match="pickle files .*pytorch_model.bin.*refused"):
+        read_hf_directory(repo)
+    assert not marker.exists()
+
+    repo = write_remote_code_repo(plain, tmp_path / "shards")
+    shard(repo, 2)
+    (repo / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors.*missing"):
+        read_hf_directory(repo)
+
+    repo = write_remote_code_repo(plain, tmp_path / "corrupt")
+    (repo / "model.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        read_hf_directory(repo)
+
+    repo = write_remote_code_repo(plain, tmp_path / "badmodel", extra={})
+    cfg = (repo / "config.json").read_text().replace('"vit_base_patch16_224"', '"no_such_vit"')
+    (repo / "config.json").write_text(cfg)
+    from radio.architectures import UnsupportedArchitectureError
+
+    with pytest.raises(UnsupportedArchitectureError, match="no_such_vit"):  # conformance wants a ValueError too
+        _build(repo)
+
+
+def test_missing_backbone_weight_is_a_value_error(plain, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    repo = write_remote_code_repo(plain, tmp_path / "repo")
+    sd = load_file(str(repo / "model.safetensors"))
+    del sd["radio_model.model.blocks.1.mlp.fc2.weight"]
+    save_file(sd, str(repo / "model.safetensors"))
+    with pytest.raises(ValueError, match="blocks.1.mlp.fc2.weight"):
+        _build(repo)
+
+
+def test_tensors_are_memory_mapped(plain, tmp_path):
+    repo = write_remote_code_repo(plain, tmp_path / "repo")
+    sd = read_hf_directory(repo).state_dict
+    storages = {t.untyped_storage().data_ptr() for t in sd.values()}
+    assert len(storages) == 1  # every tensor is a view of the one mapping of the file
+    assert next(iter(sd.values())).untyped_storage().nbytes() == (repo / "model.safetensors").stat().st_size
+
+
+def test_conformance_hf_directory(images):
+    case = SHARED / "conformance" / "cases" / "hf" / "hf_cradio_v4"
+    if not case.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"conformance fixtures missing: {case}")
+        pytest.skip("shared/conformance not available")
+    repo = read_hf_directory(case)
+    assert repo.metadata.version == "c-radio_v4-so400m" and repo.metadata.max_resolution == 2048
+    assert [t["token_slot"] for t in repo.args.teachers] == [0, 1, 5]
+    expected_dir = SHARED / "conformance" / "cases" / "hf_cradio_v4"
+    model = _build(case, ["siglip2-g", "dino_v3", "sam3"])
+    data = torch.load(expected_dir / "adaptors_all.pt", weights_only=True)
+    x = data["inputs"]["x_u8"].float() / 255.0
+    with torch.no_grad():
+        out = model(x)
+    for name, value in data["expected"]["__dict__"].items():
+        exp = value["values"] if "values" in value else None
+        assert exp is not None, value.keys()
+        assert_close_rel(out[name].summary, exp[0], 1e-5)
+        assert_close_rel(out[name].features, exp[1], 1e-5)
+
+
+def test_resolve_hf_repository_fetches_only_config_and_safetensors(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    import radio.download as download
+    from radio.versions import version_for_hf_repo
+
+    calls = []
+
+    def fake(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setattr(download, "hub_unreachable_reason", lambda timeout=3.0: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert download.resolve_hf_repository("nvidia/C-RADIOv4-H", revision="v1", progress=False) == tmp_path
+    repo_id, kwargs = calls[0]
+    assert repo_id == "nvidia/C-RADIOv4-H" and kwargs["revision"] == "v1"
+    assert sorted(kwargs["allow_patterns"]) == ["*.safetensors", "config.json", "model.safetensors.index.json"]
+    assert kwargs["local_files_only"] is False
+    assert version_for_hf_repo("nvidia/c-radiov4-h").name == "c-radio_v4-h"
+    assert version_for_hf_repo("nvidia/RADIO") is None
+
+
+def test_resolve_hf_repository_offline_and_unreachable_errors(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import radio.download as download
+    from radio.download import WeightsUnavailableError
+
+    seen = []
+
+    def fake(repo_id, **kwargs):
+        seen.append(kwargs["local_files_only"])
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="(?s)nvidia/C-RADIOv3-B.*HF_HUB_OFFLINE.*local directory"):
+        download.resolve_hf_repository("nvidia/C-RADIOv3-B")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(download, "hub_unreachable_reason", lambda timeout=3.0: "cannot resolve example")
+    with pytest.raises(WeightsUnavailableError, match="unreachable \\(cannot resolve example\\)"):
+        download.resolve_hf_repository("nvidia/C-RADIOv3-B")
+    assert seen == [True, True]  # the cache only: no retries against an unreachable Hub
