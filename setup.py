@@ -35,7 +35,7 @@ setup(
             "matplotlib",
         ],
     },
-    entry_points={"console_scripts": ["radio = radio.cli:main"]},
+    entry_points={"console_scripts": ["radio = radio.tools.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from radio import RADIOModel, Resolution, radio_model
-from radio.images import ImageDataset, ImageRecord, LoadedImage, SizePolicy, find_images
+from radio.tools.distributed import distributed_context, torchrun_env
+from radio.tools.images import ImageDataset, ImageRecord, LoadedImage, SizePolicy, find_images
 
 _logger = logging.getLogger("knn_classification")
 
@@ -148,15 +149,11 @@ def _gather_rows(local: torch.Tensor, sizes: Sequence[int], world_size: int) -> 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Extract, classify and score; returns ``{'accuracy', 'correct', 'total', 'skipped', 'classes',
     'predictions' (val path -> (predicted, true) class names)}`` (complete on every process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    with distributed_context(args.device) as ctx:
+        return _run(args, ctx.rank, ctx.world_size, ctx.device)
 
+
+def _run(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> Dict[str, Any]:
     root = Path(args.data_root)
     train, train_labels, classes = image_folder(root / args.train_split)
     val, val_labels, _ = image_folder(root / args.val_split, classes)
@@ -200,8 +197,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "predictions": {str(rec.path): (classes[int(p)], classes[int(t)])
                         for rec, p, t, good in zip(val, preds, targets, val_ok.tolist()) if good},
     }
-    if world_size > 1:
-        dist.destroy_process_group()
     return result
 
 
@@ -233,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     result = run(args)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if torchrun_env().rank == 0:
         skipped = f", {result['skipped']} unreadable image(s) skipped" if result["skipped"] else ""
         print(f"kNN top-1 (k={args.k}, T={args.temperature}): {100 * result['accuracy']:.2f}% "
               f"({result['correct']}/{result['total']} validation images, {len(result['classes'])} classes{skipped})")

@@ -37,14 +37,13 @@ a checkpoint file). The last line printed has the form ``top1 = 12.50%  top5 = 5
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -54,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from radio import radio_model
+from radio.tools.distributed import DistributedContext, distributed_context, rank_zero_first
 
 _logger = logging.getLogger(__name__)
 
@@ -271,33 +271,6 @@ def save_cached_classifier(path: str, key: str, classifier: torch.Tensor) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
-# Distributed helpers
-
-
-def _init_distributed(device_arg: str) -> Tuple[int, int, torch.device]:
-    """Rank, world size and device; joins the process group under ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = torch.device(device_arg)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-@contextlib.contextmanager
-def _rank_zero_first(world: int, rank: int) -> Iterator[None]:
-    """Run the body on rank 0, then (after a barrier) on the other ranks."""
-    if world > 1 and rank != 0:
-        dist.barrier()
-    yield
-    if world > 1 and rank == 0:
-        dist.barrier()
-
-
-# ------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -331,7 +304,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use only the first N images")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args(argv)
     if args.resolution is not None and len(args.resolution) > 2:
         parser.error("--resolution takes one value (square) or two (height width)")
@@ -369,18 +342,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         over all processes.
     """
     args = _parse_args(argv)
-    rank, world, device = _init_distributed(args.device)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _evaluate(args, rank, world, device)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    with distributed_context(args.device) as ctx:
+        logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return _evaluate(args, ctx)
 
 
-def _evaluate(args: argparse.Namespace, rank: int, world: int,
-              device: torch.device) -> Dict[str, float]:
+def _evaluate(args: argparse.Namespace, ctx: DistributedContext) -> Dict[str, float]:
+    rank, world, device = ctx.rank, ctx.world_size, ctx.device
     text_weights = {args.adaptor: args.text_weights} if args.text_weights else None
     model = radio_model(version=args.version, adaptor_names=[args.adaptor],
                         text_weights=text_weights, progress=rank == 0)
@@ -406,7 +375,7 @@ def _evaluate(args: argparse.Namespace, rank: int, world: int,
     if args.classifier_cache is None:
         classifier = build_classifier(adaptor, class_names, templates, progress=rank == 0)
     else:
-        with _rank_zero_first(world, rank):
+        with rank_zero_first(ctx):
             classifier = load_cached_classifier(args.classifier_cache, key)
             if classifier is None:
                 if rank != 0:

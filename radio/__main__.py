@@ -1,5 +1,5 @@
 """``python -m radio``: the ``radio`` command line (also under ``torchrun ... -m radio``)."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

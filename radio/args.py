@@ -163,12 +163,21 @@ def release_info(release: Optional[RadioVersion], patch_size: Optional[int] = No
 
 
 def _check_release_matches(cfg: RadioConfig, release: Optional[RadioVersion]) -> None:
-    """A file loaded under a release name must have that release's patch size."""
-    if release is not None and cfg.arch.patch_size != release.patch_size:
+    """A file loaded under a release name must have that release's patch size, width and depth.
+
+    Raises:
+        CheckpointError: the file's backbone differs from the release record.
+    """
+    if release is None:
+        return
+    arch = cfg.arch
+    found = (arch.patch_size, arch.embed_dim, arch.depth)
+    expected = (release.patch_size, *(release.width_depth or (arch.embed_dim, arch.depth)))
+    if found != expected:
         raise CheckpointError(
-            f"The checkpoint's backbone ({cfg.arch.name}, patch {cfg.arch.patch_size}, width {cfg.arch.embed_dim}, "
-            f"depth {cfg.arch.depth}) does not match release {release.name!r} (patch {release.patch_size}); "
-            "pass the version the file belongs to, or no version."
+            f"The checkpoint's backbone ({arch.name}: patch {found[0]}, width {found[1]}, depth {found[2]}) does "
+            f"not match release {release.name!r} (patch {expected[0]}, width {expected[1]}, depth {expected[2]}); "
+            "pass the version the file belongs to (see `radio versions`), or no version."
         )
 
 

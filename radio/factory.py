@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from .versions import VERSIONS, RadioVersion, get_version, version_for_hf_repo
 from .weights import ModelWeights, model_weights
 
 __all__ = ["build_model", "radio_model"]
+
+_logger = logging.getLogger(__name__)
 
 
 def _part(key: str) -> str:
@@ -197,6 +200,17 @@ def _read(path: Path, repo_id: Optional[str], extra_safe_globals: Sequence[type]
     return _Read(ckpt.args, ckpt.state_dict, ckpt.is_ema, ckpt.raw)
 
 
+def _verify(path: Path, release: Optional[RadioVersion]) -> None:
+    """The opt-in integrity check: log what was checked, raise if anything failed."""
+    from .integrity import verify_checkpoint
+
+    report = verify_checkpoint(path, release)
+    for line in report.describe():
+        _logger.info("verify: %s", line)
+    if not report.ok:
+        raise CheckpointError(f"Integrity check of {path} failed: " + "; ".join(report.describe()[1:]))
+
+
 def radio_model(
     version: str = "",
     progress: bool = True,
@@ -212,6 +226,7 @@ def radio_model(
     neck_name: Optional[str] = None,
     extra_safe_globals: Sequence[type] = (),
     revision: Optional[str] = None,
+    verify: bool = False,
     **kwargs: Any,
 ) -> Union[RADIOModel, Tuple[RADIOModel, Dict[str, Any]]]:
     """Load a RADIO model (AM-RADIO, RADIOv2.x, C-RADIOv2/v3/v4) in eval mode.
@@ -236,6 +251,8 @@ def radio_model(
         extra_safe_globals: plain-data classes to allow when unpickling a file you trust, beyond
             ``argparse.Namespace`` (e.g. ``[pathlib.PosixPath]``); still no code from the file runs.
         revision: branch, tag or commit of a Hugging Face repository id.
+        verify: check the weights before building: the file's SHA-256 where the release publishes one,
+            and that every tensor is finite (logged; a failed check raises ``CheckpointError``).
         **kwargs: accepted for compatibility with callers of the original (ignored, with a warning).
 
     Returns:
@@ -266,6 +283,8 @@ def radio_model(
         path = resolve_hf_repository(source.repo_id, revision=revision, progress=progress)
     else:
         path = resolve_release(source.release, progress=progress)
+    if verify:
+        _verify(path, source.release)
     read = _read(path, source.repo_id, extra_safe_globals)
     meta = read.metadata
     record = source.release if source.release is not None or meta is None else VERSIONS.get(meta.version or "")

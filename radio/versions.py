@@ -57,6 +57,9 @@ class RadioVersion:
         sha256: expected SHA-256 of the file, verified after download when known.
         hf_repo_id: Hugging Face model repository loadable as a model directory (``config.json`` +
             ``*.safetensors``), or ``None`` where the release table names none.
+        width_depth: ``(embed_dim, depth)`` of the release's ViT as the original's documents state it
+            (ViT-B 768x12, L 1024x24, H 1280x32, g 1536x40, SO400M 1152x27), used to catch a local file
+            loaded under the wrong release name; ``None`` where unstated.
     """
 
     name: str
@@ -73,6 +76,7 @@ class RadioVersion:
     download_query: str = "?download=true"
     sha256: Optional[str] = None
     hf_repo_id: Optional[str] = None
+    width_depth: Optional[Tuple[int, int]] = None
 
     @property
     def url(self) -> str:
@@ -94,38 +98,38 @@ def _table(*records: RadioVersion) -> Dict[str, RadioVersion]:
 
 VERSIONS: Dict[str, RadioVersion] = _table(
     RadioVersion("radio_v2.5-b", "nvidia/RADIO", "radio-v2.5-b_half.pth.tar", 16, 2048, _R768,
-                 NON_COMMERCIAL, _V25, vitdet_num_global=4),
+                 NON_COMMERCIAL, _V25, vitdet_num_global=4, width_depth=(768, 12)),
     RadioVersion("radio_v2.5-l", "nvidia/RADIO", "radio-v2.5-l_half.pth.tar", 16, 2048, _R768,
-                 NON_COMMERCIAL, _V25, vitdet_num_global=4),
+                 NON_COMMERCIAL, _V25, vitdet_num_global=4, width_depth=(1024, 24)),
     RadioVersion("radio_v2.5-h", "nvidia/RADIO", "radio_v2.5-h.pth.tar", 16, 2048, _R768,
-                 NON_COMMERCIAL, _V25, vitdet_num_global=4),
+                 NON_COMMERCIAL, _V25, vitdet_num_global=4, width_depth=(1280, 32)),
     RadioVersion("radio_v2.5-h-norm", "nvidia/RADIO", "radio_v2.5-h-norm.pth.tar", 16, 2048, _R768,
-                 NON_COMMERCIAL, _V25, vitdet_num_global=4),
+                 NON_COMMERCIAL, _V25, vitdet_num_global=4, width_depth=(1280, 32)),
     RadioVersion("radio_v2.5-g", "nvidia/RADIO", "radio_v2.5-g.pth.tar", 14, 1792, Resolution(896, 896),
-                 NON_COMMERCIAL, _V25, vitdet_num_global=8),
+                 NON_COMMERCIAL, _V25, vitdet_num_global=8, width_depth=(1536, 40)),
     RadioVersion("radio_v2.1", "nvidia/RADIO", "radio_v2.1_bf16.pth.tar", 16, 2048, Resolution(432, 432),
-                 NON_COMMERCIAL, _V2, vitdet_num_windowed=5),
+                 NON_COMMERCIAL, _V2, vitdet_num_windowed=5, width_depth=(1280, 32)),
     RadioVersion("radio_v2", "nvidia/RADIO", "radio_v2.pth.tar", 16, 2048, Resolution(432, 432),
-                 NON_COMMERCIAL, _V2, vitdet_num_windowed=5),
+                 NON_COMMERCIAL, _V2, vitdet_num_windowed=5, width_depth=(1280, 32)),
     RadioVersion("radio_v1", "nvidia/RADIO", "radio_v1.pth.tar", 14, 1050, Resolution(378, 378),
-                 NON_COMMERCIAL),
+                 NON_COMMERCIAL, width_depth=(1280, 32)),
     RadioVersion("e-radio_v2", "nvidia/RADIO", "eradio_v2.pth.tar", 16, 2048, _R512, NON_COMMERCIAL),
     RadioVersion("c-radio_v2-g", "nvidia/C-RADIOv2-g", "c-radio_v2-g_half.pth.tar", 16, 2048, _R768,
                  OPEN_MODEL, vitdet_num_global=8, download_query="", hf_repo_id="nvidia/C-RADIOv2-g"),
     RadioVersion("c-radio_v2-vlm-h", "nvidia/C-RADIOv2-VLM-H", "c-radio_v2-vlm-h.pth.tar", 16, 2048, _R768,
                  OPEN_MODEL, vitdet_num_global=8, download_query="", hf_repo_id="nvidia/C-RADIOv2-VLM-H"),
     RadioVersion("c-radio_v3-b", "nvidia/C-RADIOv3-B", "c-radio_v3-b_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-B"),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-B", width_depth=(768, 12)),
     RadioVersion("c-radio_v3-l", "nvidia/C-RADIOv3-L", "c-radio-v3_l_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-L"),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-L", width_depth=(1024, 24)),
     RadioVersion("c-radio_v3-h", "nvidia/C-RADIOv3-H", "c-radio_v3-h_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-H"),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-H", width_depth=(1280, 32)),
     RadioVersion("c-radio_v3-g", "nvidia/C-RADIOv3-g", "c-radio_v3-g_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-g"),
+                 OPEN_MODEL, _V3, supports_vitdet=False, hf_repo_id="nvidia/C-RADIOv3-g", width_depth=(1536, 40)),
     RadioVersion("c-radio_v4-so400m", "nvidia/C-RADIOv4-SO400M", "c-radio_v4-so400m_half.pth.tar", 16, 2048,
-                 _R512, OPEN_MODEL, _V4, hf_repo_id="nvidia/C-RADIOv4-SO400M"),
+                 _R512, OPEN_MODEL, _V4, hf_repo_id="nvidia/C-RADIOv4-SO400M", width_depth=(1152, 27)),
     RadioVersion("c-radio_v4-h", "nvidia/C-RADIOv4-H", "c-radio_v4-h_half.pth.tar", 16, 2048, _R512,
-                 OPEN_MODEL, _V4, hf_repo_id="nvidia/C-RADIOv4-H"),
+                 OPEN_MODEL, _V4, hf_repo_id="nvidia/C-RADIOv4-H", width_depth=(1280, 32)),
 )
 
 DEFAULT_VERSION = "c-radio_v4-h"

@@ -221,11 +221,22 @@ def test_adaptor_string_and_duplicates(ckpt, images):
         m1.adaptors["dino_v2"].tokenizer(["a dog"])
 
 
-def test_checkpoint_path_kwarg_and_metadata_overrides(ckpt):
+def test_checkpoint_path_kwarg_and_metadata_overrides(ckpt, monkeypatch):
+    import dataclasses
+
+    from radio import CheckpointError
+    from radio.versions import VERSIONS
+
     m = radio_model(checkpoint_path=ckpt[0], preferred_resolution=(64, 32), max_resolution=512)
     assert m.preferred_resolution == Resolution(64, 32) and m.max_resolution == 512
+    # the tiny file is not a ViT-B: under the release's name it is refused, naming both architectures
+    with pytest.raises(CheckpointError, match=r"does not match release 'radio_v2.5-b' \(patch 16, width 768, depth 12\)"):
+        radio_model("radio_v2.5-b", checkpoint_path=ckpt[0])
+    monkeypatch.setitem(VERSIONS, "radio_v2.5-b", dataclasses.replace(VERSIONS["radio_v2.5-b"], width_depth=None))
     named = radio_model("radio_v2.5-b", checkpoint_path=ckpt[0])
     assert named.preferred_resolution == (768, 768) and named.version == "radio_v2.5-b"
+    with pytest.raises(CheckpointError, match="patch 16"):
+        radio_model("radio_v2.5-g", checkpoint_path=ckpt[0])  # a patch-14 release
 
 
 def test_extra_kwargs_are_accepted_but_neck_is_checked(ckpt):

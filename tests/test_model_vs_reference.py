@@ -140,7 +140,13 @@ def test_token_slot_widens_summary_window(tmp_path, images):
     assert_outputs_close(out, ref_forward(ck.realized, ck.args, x, adaptor_names=["dino_v2", "sam"]))
 
 
-def test_vitdet_matches_reference_and_intermediates_agree(tmp_path, images):
+def test_vitdet_matches_reference_and_intermediates_agree(tmp_path, images, monkeypatch):
+    import dataclasses
+
+    from radio.versions import VERSIONS
+
+    for name in ("radio_v2", "radio_v2.5-b"):  # a tiny file under a release name: skip the size check
+        monkeypatch.setitem(VERSIONS, name, dataclasses.replace(VERSIONS[name], width_depth=None))
     ck = make_checkpoint(tmp_path / "d8.pth.tar", depth=8)
     x = images(2, 64, 128)
     for version, windowed, num_global in [(None, None, None), ("radio_v2", 5, None), ("radio_v2.5-b", None, 4)]:

@@ -1,6 +1,6 @@
 """Image files for feature extraction: discovery, decoding, the resize policy and size buckets.
 
-These helpers feed ``radio extract`` / ``radio visualize`` (:mod:`radio.cli`) and the examples, so
+These helpers feed ``radio extract`` / ``radio visualize`` (:mod:`radio.tools.cli`) and the examples, so
 that every tool reads, orients and resizes images the same way:
 
 * :func:`find_images` turns files and directories into a sorted list of :class:`ImageRecord`
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .outputs import Resolution, nearest_multiple
+from ..outputs import Resolution, nearest_multiple
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -1,6 +1,6 @@
-"""Dataset-scale feature extraction: the loop behind ``radio extract``, its output stores and reader.
+"""Feature records on disk: the record format, the stores that write them, and the readers.
 
-Output layout (documented for users in ``docs/cli.md``): one record per image holding tensors
+A *record* holds the outputs of one image: tensors
 
 * ``summary`` ``(C,)`` and ``features`` (``(h*w, D)`` for ``NLC``, ``(D, h, w)`` for ``NCHW``),
 * ``<adaptor>.summary`` and ``<adaptor>.features`` for every adaptor,
@@ -10,40 +10,38 @@ and string metadata (:data:`FORMAT_TAG`, source path, original and model input s
 (``safetensors``, ``pt`` or ``npy`` + a JSON marker), mirroring the images' relative names; a
 :class:`SingleFileStore` collects the same records into one ``.safetensors`` / ``.pt`` file. Every
 file is written under a temporary name and renamed into place, so a killed run leaves only complete
-records and a rerun (resume) skips exactly those. :func:`load_features` reads a record back.
+records and a rerun (resume) skips exactly those. Files get the usual permissions for the process's
+umask (``0644`` under the default ``022``). :func:`load_features` / :func:`load_feature_file` read
+records back. User documentation: ``docs/cli.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Literal, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm.auto import tqdm
-
-from .images import ImageDataset, ImageRecord, LoadedImage, SizeBuckets, SizePolicy, collate_single
 
 __all__ = [
     "FORMAT_TAG",
+    "MANIFEST",
+    "RUN_SUMMARY",
     "STORE_FORMATS",
-    "ExtractionSettings",
-    "ExtractionStats",
-    "FeatureStore",
     "DirectoryStore",
-    "SingleFileStore",
+    "ExtractionSettings",
+    "FeatureStore",
     "SettingsMismatchError",
-    "extract_features",
-    "load_features",
+    "SingleFileStore",
+    "json_metadata",
     "load_feature_file",
+    "load_features",
     "tensor_key",
 ]
 
@@ -56,7 +54,9 @@ StoreFormat = Literal["safetensors", "pt", "npy"]
 SUFFIXES = {"safetensors": ".safetensors", "pt": ".pt", "npy": ".json"}
 #: Metadata entries stored as JSON text (decoded by :func:`load_features`).
 JSON_KEYS = ("original_size", "input_size", "grids", "adaptors", "rank", "world_size")
+#: The run settings file of a directory output.
 MANIFEST = "radio_extract.json"
+#: The last run's outcome in a directory output.
 RUN_SUMMARY = "radio_extract_summary.json"
 
 Tensors = Dict[str, torch.Tensor]
@@ -117,30 +117,11 @@ class ExtractionSettings:
             )
 
 
-@dataclass
-class ExtractionStats:
-    """The outcome of one process's share of a run.
-
-    Attributes:
-        rank: the process rank.
-        assigned: images this process was responsible for.
-        processed: images extracted and written in this run.
-        skipped: images already done by an earlier run (resume).
-        failed: ``(name, source path, reason)`` of the images that could not be read.
-    """
-
-    rank: int = 0
-    assigned: int = 0
-    processed: int = 0
-    skipped: int = 0
-    failed: List[Tuple[str, str, str]] = field(default_factory=list)
-
-
 # ------------------------------------------------------------------------------------------------
 # Stores
 
 
-def _json_meta(meta: Mapping[str, Any]) -> Metadata:
+def json_metadata(meta: Mapping[str, Any]) -> Metadata:
     """Metadata as ``str -> str`` (the safetensors rule): strings kept, other values as JSON."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
@@ -149,18 +130,53 @@ def _decode_meta(meta: Mapping[str, str]) -> Dict[str, Any]:
     return {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the permissions of a newly created file and rename it to ``path`` (atomically).
+
+    Some writers (``safetensors.torch.save_file``) create files with mode ``0600``; outputs meant to
+    be shared get ``0666 & ~umask`` like any file the user creates (``0644`` by default).
+    """
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
 def _write_safetensors(path: Path, tensors: Tensors, meta: Metadata) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".partial")
+    tmp = _partial(path)
     save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 def _write_pt(path: Path, payload: Dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    tmp = _partial(path)
     torch.save(payload, tmp)
-    os.replace(tmp, path)
+    _publish(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = _partial(path)
+    tmp.write_text(text)
+    _publish(tmp, path)
 
 
 class FeatureStore:
@@ -200,9 +216,7 @@ class FeatureStore:
                 settings.check_against(stored, path.parent)
         if is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".partial")
-            tmp.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
-            os.replace(tmp, path)
+            _write_text(path, json.dumps(settings.to_json(), indent=2) + "\n")
 
 
 class DirectoryStore(FeatureStore):
@@ -241,14 +255,18 @@ class DirectoryStore(FeatureStore):
                 if t.dtype == torch.bfloat16:
                     raise TypeError("npy cannot store bfloat16 tensors; save as float16 or float32")
                 arr_path = self.root / f"{name}.{key}.npy"
-                tmp = arr_path.with_name(arr_path.name + ".partial")
+                tmp = _partial(arr_path)
                 with open(tmp, "wb") as f:
                     np.save(f, t.numpy())
-                os.replace(tmp, arr_path)
+                _publish(tmp, arr_path)
                 files[key] = arr_path.name
-            tmp = path.with_name(path.name + ".partial")
-            tmp.write_text(json.dumps({"metadata": dict(meta), "tensors": files}, indent=1) + "\n")
-            os.replace(tmp, path)
+            _write_text(path, json.dumps({"metadata": dict(meta), "tensors": files}, indent=1) + "\n")
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """Write a run's outcome to ``<root>/radio_extract_summary.json`` (atomically); return the path."""
+        path = self.root / RUN_SUMMARY
+        _write_text(path, json.dumps(summary, indent=2) + "\n")
+        return path
 
     def names(self) -> List[str]:
         """Names of the complete records under ``root``, sorted."""
@@ -302,19 +320,19 @@ class SingleFileStore(FeatureStore):
         records = {} if self.overwrite or not self.path.is_file() else _read_single_file(self.path)[0]
         for name in self.parts.names():
             records[name] = load_features(self.parts.path_for(name))
-        tmp = self.path.with_name(self.path.name + ".partial")
+        tmp = _partial(self.path)
         if self.fmt == "safetensors":
             from safetensors.torch import save_file
 
             flat = {f"{name}/{k}": t for name in sorted(records) for k, t in records[name][0].items()}
-            images = {name: _json_meta(records[name][1]) for name in sorted(records)}
+            images = {name: json_metadata(records[name][1]) for name in sorted(records)}
             save_file(flat, str(tmp), metadata={"format": FORMAT_TAG, "run": json.dumps(run),
                                                 "images": json.dumps(images)})
         else:
-            images_pt = {name: {**records[name][0], "metadata": _json_meta(records[name][1])}
+            images_pt = {name: {**records[name][0], "metadata": json_metadata(records[name][1])}
                          for name in sorted(records)}
             torch.save({"format": FORMAT_TAG, "run": run, "images": images_pt}, tmp)
-        os.replace(tmp, self.path)
+        _publish(tmp, self.path)
         shutil.rmtree(self.parts.root)
         _logger.info("Wrote %d record(s) to %s", len(records), self.path)
 
@@ -398,126 +416,3 @@ def load_features(path: Union[str, os.PathLike]) -> Tuple[Tensors, Dict[str, Any
 def load_feature_file(path: Union[str, os.PathLike]) -> Dict[str, Tuple[Tensors, Dict[str, Any]]]:
     """Read a single-file output (``--out features.safetensors`` / ``.pt``): ``{name: (tensors, metadata)}``."""
     return _read_single_file(Path(path))[0]
-
-
-# ------------------------------------------------------------------------------------------------
-# The extraction loop
-
-
-def _heads(out: Union[Any, Dict[str, Any]]) -> Dict[str, Any]:
-    return out if isinstance(out, dict) else {"backbone": out}
-
-
-def extract_features(
-    model: nn.Module,
-    records: Sequence[ImageRecord],
-    store: FeatureStore,
-    policy: SizePolicy,
-    *,
-    batch_size: int = 16,
-    device: Union[str, torch.device] = "cpu",
-    feature_fmt: str = "NLC",
-    bf16: bool = False,
-    save_dtype: torch.dtype = torch.float32,
-    summary_only: bool = False,
-    workers: int = 0,
-    progress: bool = True,
-    base_metadata: Optional[Mapping[str, Any]] = None,
-    rank: int = 0,
-    world_size: int = 1,
-    overwrite: bool = False,
-) -> ExtractionStats:
-    """Extract and store the features of every image in ``records`` that ``store`` does not have yet.
-
-    Images are decoded and resized in ``workers`` ``DataLoader`` processes, grouped by input size
-    into batches of at most ``batch_size`` (see :class:`SizeBuckets`), run through ``model`` and
-    written by a background thread. An image that cannot be decoded is logged, counted in
-    ``ExtractionStats.failed`` and skipped.
-
-    Args:
-        model: a :class:`radio.RADIOModel` (eval mode, on ``device``).
-        records: this process's images.
-        store: where records go.
-        policy: the resize policy.
-        batch_size: largest batch.
-        device: where the model runs.
-        feature_fmt: ``'NLC'`` (features ``(h*w, D)``) or ``'NCHW'`` (``(D, h, w)``).
-        bf16: run under bfloat16 autocast.
-        save_dtype: dtype of the stored tensors.
-        summary_only: store only the summaries.
-        workers: ``DataLoader`` worker processes (0: load in this process).
-        progress: show a tqdm bar.
-        base_metadata: metadata added to every record (version, settings).
-        rank, world_size: recorded in each record's metadata.
-        overwrite: extract every image, even those ``store`` already has.
-
-    Returns:
-        The :class:`ExtractionStats` of this process.
-    """
-    if feature_fmt not in ("NLC", "NCHW"):
-        raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
-    device = torch.device(device)
-    stats = ExtractionStats(rank=rank, assigned=len(records))
-    pending = list(records) if overwrite else [r for r in records if not store.is_done(r.name)]
-    stats.skipped = len(records) - len(pending)
-    if stats.skipped:
-        _logger.info("Resuming: %d of %d image(s) already done", stats.skipped, len(records))
-    if not pending:
-        return stats
-    base = dict(base_metadata or {})
-    base.update(format=FORMAT_TAG, feature_fmt=feature_fmt, rank=rank, world_size=world_size)
-    loader = torch.utils.data.DataLoader(
-        ImageDataset(pending, policy), batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=collate_single, prefetch_factor=(4 if workers > 0 else None),
-    )
-    buckets: SizeBuckets[LoadedImage] = SizeBuckets(batch_size)
-    bar = tqdm(total=len(pending), unit="img", disable=not progress, dynamic_ncols=True,
-               desc="extract" if world_size == 1 else f"extract [rank {rank}/{world_size}]")
-    writes: Deque[Future] = deque()
-
-    def run(batch: List[LoadedImage], pool: ThreadPoolExecutor) -> None:
-        x = torch.stack([item.image for item in batch]).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = _heads(model(x, feature_fmt="NCHW"))
-        batch_tensors: Tensors = {}
-        grids: Dict[str, List[int]] = {}
-        for head, (summary, features) in out.items():
-            batch_tensors[tensor_key(head, "summary")] = summary
-            grids[head] = [int(features.shape[-2]), int(features.shape[-1])]
-            if not summary_only:
-                if feature_fmt == "NLC":  # the inverse of to_nchw: (B, D, h, w) -> (B, h*w, D)
-                    features = features.permute(0, 2, 3, 1).reshape(features.shape[0], -1, features.shape[1])
-                batch_tensors[tensor_key(head, "features")] = features
-        batch_tensors = {k: v.to(save_dtype).cpu() for k, v in batch_tensors.items()}
-        for i, item in enumerate(batch):
-            rec = pending[item.index]
-            tensors = {k: v[i].clone(memory_format=torch.contiguous_format) for k, v in batch_tensors.items()}
-            meta = _json_meta({**base, "name": rec.name, "source": str(rec.path),
-                               "original_size": list(item.original_size),
-                               "input_size": [int(x.shape[-2]), int(x.shape[-1])], "grids": grids})
-            writes.append(pool.submit(store.write, rec.name, tensors, meta))
-        while len(writes) > 4 * batch_size:
-            writes.popleft().result()
-        stats.processed += len(batch)
-        bar.update(len(batch))
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="radio-write") as pool:
-        try:
-            for item in loader:
-                if item.error is not None:
-                    rec = pending[item.index]
-                    stats.failed.append((rec.name, str(rec.path), item.error))
-                    _logger.warning("Skipping %s: cannot read the image (%s)", rec.path, item.error)
-                    bar.update(1)
-                    bar.set_postfix(failed=len(stats.failed))
-                    continue
-                batch = buckets.add(tuple(item.image.shape[-2:]), item)
-                if batch:
-                    run(batch, pool)
-            for batch in buckets.drain():
-                run(batch, pool)
-        finally:
-            while writes:
-                writes.popleft().result()
-            bar.close()
-    return stats

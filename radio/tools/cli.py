@@ -1,0 +1,715 @@
+"""The ``radio`` command line: ``extract``, ``visualize``, ``verify`` and ``versions``.
+
+``radio extract`` writes the summary and dense features of many images (files or directories) to
+safetensors / ``.pt`` / ``.npy`` files, resumably, skipping unreadable images, optionally split over
+processes with ``torchrun --nproc_per_node N -m radio extract ...``. ``radio visualize`` saves the
+first three PCA components of an image's dense features as a colour picture next to the image.
+``radio verify`` checks a checkpoint file (published SHA-256, finite weights). User documentation:
+``docs/cli.md``.
+
+Start-up stays fast: this module imports no torch, timm or PIL at module level, so ``radio --help``,
+``radio versions``, ``radio <command> --help`` and argument errors answer without loading them; each
+command imports what it needs. Problems the user can fix end with one line on stderr,
+``radio: error: <problem and fix>``, and exit status 2 (the command line is wrong) or 1 (the run
+failed); ``--debug`` or ``RADIO_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ..outputs import Resolution
+from ..versions import DEFAULT_VERSION, VERSIONS, RadioVersion
+
+if TYPE_CHECKING:  # imported for annotations only: each command imports what it runs
+    import torch
+
+    from ..model import RADIOModel
+    from .images import SizePolicy
+    from .stores import FeatureStore
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "RunError", "UsageError", "build_parser", "main"]
+
+_logger = logging.getLogger(__name__)
+
+#: Exit status when the run failed (weights unavailable, a checkpoint that does not load, a failed check).
+EXIT_FAILURE = 1
+#: Exit status when the command line is wrong (argparse's convention).
+EXIT_USAGE = 2
+#: Exit status after Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+#: ``radio extract --format`` choices (the same as :data:`radio.tools.stores.STORE_FORMATS`, kept
+#: here so that building the parser imports no torch).
+STORE_FORMATS = ("safetensors", "pt", "npy")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".pt")
+
+
+class UsageError(Exception):
+    """The command line is wrong (a bad flag value, a missing input); exit status 2."""
+
+
+class RunError(Exception):
+    """The run cannot start or finish for a reason outside the command line; exit status 1."""
+
+
+# Exception type -> exit status, checked in order (subclasses before their bases). Types are named by
+# module so that the table imports nothing: an exception of a module that was never imported cannot
+# have been raised.
+_ERROR_STATUS: Tuple[Tuple[str, str, int], ...] = (
+    (__name__, "UsageError", EXIT_USAGE),
+    (__name__, "RunError", EXIT_FAILURE),
+    ("radio.tools.distributed", "DeviceError", EXIT_USAGE),
+    ("radio.versions", "UnknownVersionError", EXIT_USAGE),
+    ("radio.download", "WeightsUnavailableError", EXIT_FAILURE),
+    ("radio.checkpoint", "CheckpointError", EXIT_FAILURE),
+    ("radio.tools.stores", "SettingsMismatchError", EXIT_FAILURE),
+    ("builtins", "FileNotFoundError", EXIT_USAGE),
+    ("builtins", "PermissionError", EXIT_FAILURE),
+    ("builtins", "NotImplementedError", EXIT_FAILURE),
+    ("builtins", "ValueError", EXIT_FAILURE),
+)
+
+
+def exit_status(error: BaseException) -> Optional[int]:
+    """The exit status for a user-facing error, or ``None`` for an unexpected one (a bug: traceback)."""
+    for module, name, status in _ERROR_STATUS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(error, cls):
+            return status
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes records with ``tqdm.write`` so that they do not break an active progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # never let logging kill the run
+            self.handleError(record)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else record.levelname.lower() + ": "
+        return f"{self.prefix}{level}{record.getMessage()}"
+
+
+def _setup_logging(verbosity: int, rank: int = 0, world_size: int = 1) -> None:
+    """Send the ``radio`` loggers' records to stderr (through tqdm), rank 0 at ``verbosity``."""
+    logger = logging.getLogger("radio")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _TqdmHandler):
+            logger.removeHandler(handler)
+    handler = _TqdmHandler()
+    handler.setFormatter(_Formatter(f"radio[{rank}]: " if world_size > 1 else "radio: "))
+    logger.addHandler(handler)
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    logger.setLevel(level if rank == 0 else max(level, logging.WARNING))
+
+
+@contextlib.contextmanager
+def _restored_logging() -> Iterator[None]:
+    """Undo :func:`_setup_logging` on exit, so that calling :func:`main` in-process leaves no trace."""
+    logger = logging.getLogger("radio")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checking the command line (no torch needed)
+
+
+def _parse_resolution(values: Sequence[str]) -> Tuple[str, Optional[Resolution]]:
+    if len(values) == 1 and values[0] in ("preferred", "native"):
+        return values[0], None
+    try:
+        sides = [int(v) for v in values]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides = sides * 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise UsageError(f"--resolution takes 'preferred', 'native' or two positive integers H W, "
+                         f"got {' '.join(values)!r}.")
+    return "fixed", Resolution(*sides)
+
+
+def _split_resolution(values: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Split the greedy ``--resolution`` values into the resolution and inputs that followed it.
+
+    ``radio extract --resolution 512 512 images/`` gives ``(['512', '512'], ['images/'])``.
+    """
+    if values and values[0] in ("preferred", "native"):
+        return list(values[:1]), list(values[1:])
+    n = 0
+    while n < min(2, len(values)) and values[n].isdigit():
+        n += 1
+    n = max(n, 1)  # a bad first value is reported by _parse_resolution
+    return list(values[:n]), list(values[n:])
+
+
+def _adaptor_names(values: Sequence[str]) -> List[str]:
+    names: List[str] = []
+    for v in values:
+        for n in v.split(","):
+            n = n.strip()
+            if n and n not in names:
+                names.append(n)
+    return names
+
+
+def _unknown_version(name: str) -> UsageError:
+    return UsageError(f"--version {name}: no such release (known: {', '.join(VERSIONS)}; see `radio versions`). "
+                      "For a local checkpoint file use --checkpoint FILE [--version RELEASE].")
+
+
+def _release(name: str) -> RadioVersion:
+    try:
+        return VERSIONS[name]
+    except KeyError:
+        raise _unknown_version(name) from None
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or os.sep in value or value.endswith((".pth", ".tar", ".pt", ".safetensors"))
+
+
+def _model_source(args: argparse.Namespace) -> Tuple[Optional[RadioVersion], Optional[Path]]:
+    """The release and/or local file named by ``--version`` / ``--checkpoint``, checked up front.
+
+    Returns:
+        ``(release, file)``: ``file`` is ``None`` when the release's weights must be resolved
+        (cache or download); ``release`` is ``None`` for a bare file.
+    """
+    version = args.version or ""
+    release: Optional[RadioVersion] = None
+    path: Optional[Path] = None
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise UsageError(f"--checkpoint {args.checkpoint} {what}; pass a checkpoint file (.pth.tar).")
+        if version:
+            if version not in VERSIONS and Path(version).is_file():
+                raise UsageError("--version names the release of the --checkpoint file (see `radio versions`), "
+                                 f"not a second file; got {version}.")
+            release = _release(version)
+    elif version and version not in VERSIONS:
+        if Path(version).is_file():
+            path = Path(version)
+        elif _looks_like_path(version):
+            raise UsageError(f"--version {version}: no such file. Pass a release name (see `radio versions`) "
+                             "or an existing checkpoint file with --checkpoint FILE.")
+        else:
+            raise _unknown_version(version)
+    else:
+        release = _release(version or DEFAULT_VERSION)
+    window = args.vitdet_window_size
+    if window is not None:
+        if window < 1:
+            raise UsageError(f"--vitdet-window-size must be a positive number of patches, got {window}.")
+        if release is not None and not release.supports_vitdet:
+            raise UsageError(f"--vitdet-window-size: {release.name} does not support ViTDet windowed attention; "
+                             "drop the flag or pick another --version.")
+    return release, path
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_out(out: Path, file_suffixes: Sequence[str], what: str) -> None:
+    """Raise :class:`UsageError` unless ``--out`` can be written: a directory, or a file ending in
+    one of ``file_suffixes``, whose nearest existing ancestor is a writable directory."""
+    if out.is_dir():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {out}: the directory is not writable; choose another --out.")
+        return
+    if out.exists():
+        if out.suffix.lower() not in file_suffixes:
+            raise UsageError(f"--out {out} is an existing file; pass a directory or {what}.")
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"--out {out}: the file is not writable; choose another --out.")
+        return
+    parent = _nearest_existing(out.parent)
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a directory; choose another --out.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot create it, {parent} is not writable; choose another --out.")
+
+
+def _check_count(value: int, flag: str, minimum: int) -> None:
+    if value < minimum:
+        raise UsageError(f"{flag} must be >= {minimum}, got {value}.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading the model (imports torch)
+
+
+def _device(args: argparse.Namespace) -> "torch.device":
+    from .distributed import DeviceError, resolve_device, torchrun_env
+
+    env = torchrun_env()
+    try:
+        return resolve_device(args.device, env.local_rank, env.distributed)
+    except DeviceError as e:
+        raise UsageError(f"--device {args.device}: {e}") from None
+
+
+def _weights_file(release: RadioVersion, args: argparse.Namespace) -> Path:
+    """The local file of ``release`` (cache or download); unavailable weights become :class:`RunError`."""
+    from ..download import WeightsUnavailableError, resolve_checkpoint
+
+    try:
+        return Path(resolve_checkpoint(release, progress=not args.no_progress))
+    except WeightsUnavailableError as e:
+        first = str(e).splitlines()[0].strip()
+        raise RunError(f"{first} Fix: download {release.url} where there is network, then run `radio "
+                       f"{args.command} ... --checkpoint FILE --version {release.name}`.") from e
+
+
+def _checkpoint_adaptors(path: Path) -> Optional[List[str]]:
+    """The adaptor (teacher) names a checkpoint file offers, or ``None`` if its ``args`` do not say."""
+    from ..checkpoint import read_checkpoint_file
+
+    raw = read_checkpoint_file(path)
+    teachers = getattr(raw.get("args"), "teachers", None) if isinstance(raw, dict) else None
+    if not isinstance(teachers, (list, tuple)):
+        return None
+    return [str(t["name"]) for t in teachers if isinstance(t, dict) and "name" in t]
+
+
+def _load_model(args: argparse.Namespace, source: Tuple[Optional[RadioVersion], Optional[Path]],
+                adaptors: Sequence[str], device: "torch.device") -> "RADIOModel":
+    """``radio_model`` with the command line's choices, every choice checked in the CLI's words first."""
+    from .. import radio_model
+
+    release, path = source
+    if path is None and release is not None:
+        path = _weights_file(release, args)
+    if adaptors:
+        known = _checkpoint_adaptors(path)
+        unknown = [a for a in adaptors if known is not None and a not in known]
+        if unknown:
+            raise UsageError(f"--adaptor {', '.join(unknown)}: not in this checkpoint; it has "
+                             f"{', '.join(known) if known else 'no adaptors'}.")
+    model = radio_model(release.name if release is not None else "", progress=not args.no_progress,
+                        adaptor_names=list(adaptors) or None, vitdet_window_size=args.vitdet_window_size,
+                        checkpoint_path=path)
+    return model.to(device)
+
+
+def _size_policy(values: Sequence[str], model: "RADIOModel") -> "SizePolicy":
+    from .images import SizePolicy
+
+    mode, size = _parse_resolution(values)
+    step = model.min_resolution_step
+    if mode == "preferred":
+        if model.preferred_resolution is None:
+            _logger.info("This checkpoint file has no preferred resolution (add --version with its release name "
+                         "to get it); using --resolution native.")
+            mode = "native"
+        else:
+            size = Resolution(*model.preferred_resolution)
+    try:
+        return SizePolicy(mode, step, size, max_side=model.max_resolution)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise UsageError(f"--resolution {' '.join(values)}: {e}") from None
+
+
+def _version_label(source: Tuple[Optional[RadioVersion], Optional[Path]]) -> str:
+    """The release name, or the absolute path of the checkpoint file that was loaded."""
+    release, path = source
+    if release is not None:
+        return release.name
+    return os.path.abspath(str(path))
+
+
+def _find_images(inputs: Sequence[str]) -> List[Any]:
+    from .images import IMAGE_EXTENSIONS, find_images
+
+    try:
+        records = find_images(inputs)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; pass existing image files or directories.") from None
+    if not records:
+        raise UsageError(f"No images found in {' '.join(inputs)} (looked for files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)}).")
+    return records
+
+
+# ------------------------------------------------------------------------------------------------
+# radio extract
+
+
+def _make_store(args: argparse.Namespace) -> "FeatureStore":
+    from .stores import DirectoryStore, SingleFileStore
+
+    out = Path(args.out)
+    if out.suffix.lower() in SINGLE_FILE_SUFFIXES and not out.is_dir():
+        fmt = "safetensors" if out.suffix.lower() == ".safetensors" else "pt"
+        if args.format not in (None, fmt):
+            raise UsageError(f"--out {out} is a .{fmt} file but --format is {args.format}; write to a directory "
+                             f"to use --format {args.format}.")
+        return SingleFileStore(out, overwrite=args.overwrite)
+    fmt = args.format or "safetensors"
+    if fmt == "npy" and args.save_dtype == "bfloat16":
+        raise UsageError("--format npy cannot store bfloat16; use --save-dtype float16 or float32.")
+    return DirectoryStore(out, fmt)
+
+
+def _merge_stats(all_stats: Sequence[Any]) -> Dict[str, Any]:
+    failed = sorted((f for s in all_stats for f in s.failed), key=lambda f: f[0])
+    return {
+        "total": sum(s.assigned for s in all_stats),
+        "processed": sum(s.processed for s in all_stats),
+        "skipped": sum(s.skipped for s in all_stats),
+        "failed": [{"name": n, "source": src, "error": err} for n, src, err in failed],
+        "ranks": [{"rank": s.rank, "assigned": s.assigned, "processed": s.processed, "skipped": s.skipped,
+                   "failed": len(s.failed)} for s in sorted(all_stats, key=lambda s: s.rank)],
+    }
+
+
+def _report(summary: Dict[str, Any], out: Path) -> None:
+    failed = summary["failed"]
+    _logger.info("Done: %d image(s): %d extracted, %d already done, %d unreadable -> %s",
+                 summary["total"], summary["processed"], summary["skipped"], len(failed), out)
+    for f in failed[:20]:
+        _logger.warning("unreadable image skipped: %s (%s)", f["source"], f["error"])
+    if len(failed) > 20:
+        _logger.warning("... and %d more unreadable image(s)", len(failed) - 20)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """``radio extract``: see :func:`build_parser` and ``docs/cli.md``."""
+    # the command line first (no torch needed), then the rest
+    _check_count(args.batch_size, "--batch-size", 1)
+    _check_count(args.workers, "--workers", 0)
+    _parse_resolution(args.resolution)
+    source = _model_source(args)
+    adaptors = _adaptor_names(args.adaptor)
+    _check_out(Path(args.out), SINGLE_FILE_SUFFIXES, "a .safetensors or .pt file")
+
+    from .distributed import torchrun_env
+
+    env = torchrun_env()
+    _setup_logging(args.verbosity, env.rank, env.world_size)
+    records = _find_images(args.inputs)
+    store = _make_store(args)
+    _device(args)  # a bad --device is reported before any process group is joined
+
+    import torch
+
+    from .distributed import distributed_context
+    from .extraction import extract_features
+    from .stores import DirectoryStore, ExtractionSettings
+
+    with distributed_context(args.device) as ctx:
+        model = _load_model(args, source, adaptors, ctx.device)
+        policy = _size_policy(args.resolution, model)
+        version = _version_label(source)
+        settings = ExtractionSettings(
+            version=version, checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
+            adaptors=tuple(adaptors), resolution=policy.describe(), feature_fmt=args.feature_fmt,
+            save_dtype=args.save_dtype, summary_only=args.summary_only, bf16=args.bf16,
+            vitdet_window_size=args.vitdet_window_size, format=store.fmt,
+        )
+        store.prepare(settings, args.overwrite, is_main=ctx.is_main)
+        shard = records[ctx.rank::ctx.world_size]  # every image belongs to exactly one process
+        _logger.info("%d image(s), model %s on %s, resize: %s%s", len(records), version, ctx.device,
+                     policy.describe(), f", {ctx.world_size} processes" if ctx.distributed else "")
+        base = {"version": version, "checkpoint": settings.checkpoint, "adaptors": list(adaptors),
+                "resolution": settings.resolution}
+        stats = extract_features(
+            model, shard, store, policy, overwrite=args.overwrite,
+            batch_size=args.batch_size, device=ctx.device, feature_fmt=args.feature_fmt, bf16=args.bf16,
+            save_dtype=getattr(torch, args.save_dtype), summary_only=args.summary_only, workers=args.workers,
+            progress=not args.no_progress and ctx.is_main, base_metadata=base, rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        all_stats = [s for s in ctx.all_gather_object(stats) if s is not None]
+        if ctx.is_main:
+            store.finalize()
+            summary = _merge_stats(all_stats)
+            if isinstance(store, DirectoryStore):
+                summary["settings"] = settings.to_json()
+                store.write_summary(summary)
+            _report(summary, Path(args.out))
+        ctx.barrier()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# radio visualize
+
+
+def _picture_paths(names: Sequence[str], out: Path) -> List[Path]:
+    if len(names) == 1 and out.suffix.lower() == ".png" and not out.is_dir():
+        return [out]
+    stems = [str(Path(n).with_suffix("")) + "_pca.png" for n in names]
+    if len(set(stems)) != len(stems):  # a.jpg and a.png: keep the suffix in the name
+        stems = [n + "_pca.png" for n in names]
+    return [out / s for s in stems]
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """``radio visualize``: see :func:`build_parser` and ``docs/cli.md``."""
+    _parse_resolution(args.resolution)
+    source = _model_source(args)
+    _check_out(Path(args.out), (".png",), "a .png file")
+    _setup_logging(args.verbosity)
+    records = _find_images(args.inputs)
+    if len(records) > 1 and Path(args.out).suffix.lower() == ".png" and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is one picture but {len(records)} images were given; pass a directory.")
+    device = _device(args)
+
+    import torch
+    from PIL import Image
+
+    from .images import load_image, resize_image
+    from .visualization import pca_rgb, side_by_side
+
+    adaptors = [args.adaptor] if args.adaptor else []
+    model = _load_model(args, source, adaptors, device)
+    policy = _size_policy(args.resolution, model)
+    head = args.adaptor or "backbone"
+    failed = 0
+    for rec, dest in zip(records, _picture_paths([r.name for r in records], Path(args.out))):
+        try:
+            image = load_image(rec.path)
+        except Exception as e:  # report and go on with the next image
+            _logger.warning("Skipping %s: cannot read the image (%s: %s)", rec.path, type(e).__name__, e)
+            failed += 1
+            continue
+        size = policy.target(*image.shape[-2:])
+        x = resize_image(image, size).unsqueeze(0).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            out = model(x, feature_fmt="NCHW")
+        features = (out[head] if isinstance(out, dict) else out).features[0].float().cpu()
+        original = Image.fromarray(image.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        side_by_side(original, pca_rgb(features)).save(dest)
+        _logger.info("%s -> %s (input %dx%d, %s features %dx%d)", rec.path, dest, size.height, size.width, head,
+                     features.shape[-2], features.shape[-1])
+    return EXIT_FAILURE if failed else 0
+
+
+# ------------------------------------------------------------------------------------------------
+# radio verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``radio verify FILE``: print what was checked; exit status 1 when a check fails."""
+    _setup_logging(args.verbosity)
+    path = Path(args.file)
+    if not path.exists():
+        raise UsageError(f"{args.file}: no such file; pass a checkpoint file.")
+    release: Optional[RadioVersion] = None
+    if args.version:
+        release = _release(args.version)
+    else:
+        release = next((v for v in VERSIONS.values() if v.filename == path.name), None)
+        if release is not None:
+            _logger.info("Checking against the release %s (from the file name; --version overrides).", release.name)
+
+    from ..integrity import verify_checkpoint
+
+    report = verify_checkpoint(path, release)
+    sys.stdout.write("".join(line + "\n" for line in report.describe()))
+    return 0 if report.ok else EXIT_FAILURE
+
+
+# ------------------------------------------------------------------------------------------------
+# radio versions
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    """``radio versions``: the release names, one per line (the default marked with ``*``)."""
+    for name, v in VERSIONS.items():
+        mark = "*" if name == DEFAULT_VERSION else " "
+        res = f"{v.preferred_resolution.height}x{v.preferred_resolution.width}"
+        sys.stdout.write(f"{mark} {name:<20} patch {v.patch_size:<3} preferred {res:<8} {v.license}\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+def _common_args() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                   help="only warnings and errors")
+    g.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, help="debug messages")
+    g.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error (also: environment RADIO_DEBUG=1)")
+    return p
+
+
+def _add_model_args(p: argparse.ArgumentParser, multi_adaptor: bool) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--version", default="", metavar="NAME",
+                   help=f"release name (default: {DEFAULT_VERSION}; see `radio versions`); with --checkpoint, the "
+                        "release of that file")
+    g.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="local checkpoint file to load instead of downloading; add --version with its release "
+                        "name to keep the release's preferred resolution")
+    if multi_adaptor:
+        g.add_argument("--adaptor", action="append", default=[], metavar="NAME",
+                       help="also store this teacher adaptor's outputs (repeatable, or comma-separated)")
+    else:
+        g.add_argument("--adaptor", default=None, metavar="NAME",
+                       help="show this teacher adaptor's features instead of the backbone's")
+    g.add_argument("--vitdet-window-size", type=int, default=None, metavar="N",
+                   help="ViTDet windowed attention with N x N patch windows (sizes become multiples of "
+                        "patch_size * N)")
+    g.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu; under torchrun each process "
+                        "uses cuda:LOCAL_RANK)")
+    g.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    g.add_argument("--resolution", nargs="+", default=["preferred"], metavar="R",
+                   help="'preferred' (default: the model's preferred pixel budget, aspect ratio kept), "
+                        "'native' (each image's own size), or H W (every image resized to H x W)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``radio`` argument parser (commands ``extract``, ``visualize``, ``verify``, ``versions``)."""
+    parser = argparse.ArgumentParser(
+        prog="radio", description="RADIO vision foundation models: feature extraction and visualization.",
+        epilog="Run `radio <command> --help` for the options of a command. Documentation: docs/cli.md.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    common = _common_args()
+
+    ext = sub.add_parser(
+        "extract", parents=[common], help="write summary and dense features of images to files",
+        description="Extract RADIO summary and dense features of images (files or directories, scanned "
+                    "recursively) and write them to safetensors, .pt or .npy files, one per image mirroring "
+                    "the input tree (or all in one file). Images of each input size are batched together. A "
+                    "rerun resumes: finished images are skipped. Unreadable images are reported and "
+                    "skipped. Split the work over processes with `torchrun --nproc_per_node N -m radio "
+                    "extract ...`.",
+    )
+    ext.add_argument("inputs", nargs="*", metavar="IMAGES_OR_DIR", help="image files and/or directories")
+    ext.add_argument("--out", default="radio_features", metavar="FILE_OR_DIR",
+                     help="output directory (default: radio_features), or one .safetensors / .pt file")
+    ext.add_argument("--format", choices=STORE_FORMATS, default=None,
+                     help="file format in an output directory (default: safetensors)")
+    ext.add_argument("--feature-fmt", choices=("NLC", "NCHW"), default="NLC",
+                     help="layout of the dense features: NLC = (h*w, D) (default), NCHW = (D, h, w)")
+    ext.add_argument("--summary-only", action="store_true", help="store only the summary vectors")
+    ext.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32",
+                     help="dtype of the stored tensors (default: float32)")
+    ext.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: 16)")
+    ext.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                     help="image loading processes per model process (default: min(4, CPUs); 0 = none)")
+    ext.add_argument("--overwrite", action="store_true",
+                     help="recompute every image even if its output exists (and accept changed settings)")
+    _add_model_args(ext, multi_adaptor=True)
+    ext.set_defaults(func=cmd_extract)
+
+    vis = sub.add_parser(
+        "visualize", parents=[common], help="save PCA pictures of the dense features",
+        description="Show the first three principal components of an image's dense features as an RGB "
+                    "picture next to the image, saved as PNG (the picture is 2W x H for a W x H image).",
+    )
+    vis.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files and/or directories")
+    vis.add_argument("--out", default=".", metavar="PNG_OR_DIR",
+                     help="output .png (one image) or directory (default: the current directory; pictures "
+                          "are named <image name>_pca.png)")
+    _add_model_args(vis, multi_adaptor=False)
+    vis.set_defaults(func=cmd_visualize)
+
+    ver = sub.add_parser(
+        "verify", parents=[common], help="check a checkpoint file (published SHA-256, finite weights)",
+        description="Check a checkpoint file: its SHA-256 against the release's published one (when the "
+                    "release table has it) and that every weight is finite (no NaN or infinity). Prints "
+                    "what was checked; exit status 1 when a check fails.",
+    )
+    ver.add_argument("file", metavar="FILE", help="the checkpoint file (or a directory of .safetensors files)")
+    ver.add_argument("--version", default="", metavar="NAME",
+                     help="the release the file should be (default: the release whose file name it has, if any)")
+    ver.set_defaults(func=cmd_verify)
+
+    vs = sub.add_parser("versions", help="list the released versions")
+    vs.set_defaults(func=cmd_versions, debug=False)
+    return parser
+
+
+def _debug_requested(args: Optional[argparse.Namespace]) -> bool:
+    env = os.environ.get("RADIO_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or bool(getattr(args, "debug", False))
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"radio: error: {message}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``radio`` command line; return the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 1 when the run failed, 2 for a wrong command line (argparse errors exit
+        through ``SystemExit(2)``), 130 after Ctrl-C.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "resolution"):
+        args.resolution, extra = _split_resolution(args.resolution)
+        args.inputs = list(args.inputs) + extra
+        if not args.inputs:
+            parser.error(f"{args.command}: no image given (the first argument: image files or directories)")
+    with _restored_logging():
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            if _debug_requested(args):
+                raise
+            hint = "; rerun the same command to resume" if args.command == "extract" else ""
+            _error(f"interrupted{hint}")
+            return EXIT_INTERRUPTED
+        except Exception as e:
+            status = exit_status(e)
+            if status is None or _debug_requested(args):
+                raise
+            _error(_one_line(e))
+            return status
