@@ -1,12 +1,27 @@
 """Shared fixtures: tiny official-format checkpoints (written by tests/ckpt_writer.py), no network."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+#: ``shared/`` beside the repository, as the developers' machines and CI lay it out.
+SHARED = Path(os.environ.get("RADIO_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+CONFORMANCE_CASES = SHARED / "conformance" / "cases"
+
+
+def require_shared(path: Path) -> None:
+    """Skip when a fixture of ``../shared`` is absent, except in CI, where a missing fixture is a failure
+    (a check that silently never runs in CI is worse than none)."""
+    if path.exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{path} is missing: CI must run with ../shared beside the repository")
+    pytest.skip(f"{path} is not present")
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:

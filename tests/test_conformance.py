@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED, require_shared
+
 ROOT = Path(__file__).resolve().parents[1]
-CHECKER = ROOT.parent / "shared" / "conformance" / "check.py"
+CHECKER = SHARED / "conformance" / "check.py"
 
 
-@pytest.mark.skipif(not CHECKER.is_file(), reason="../shared/conformance is not present")
 def test_conformance_sample_passes():
+    require_shared(CHECKER)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, str(CHECKER), "--project", str(ROOT), "--cases", str(CHECKER.parent / "cases")],

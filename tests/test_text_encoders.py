@@ -155,7 +155,7 @@ def test_open_clip_weights_override_and_train_mode(tiny_clips):
     tokens = enc.tokenizer(TEXTS)
     with torch.no_grad():
         out = enc.encode_text(tokens)
-        torch.testing.assert_close(out, ref.encode_text(tokens), rtol=0, atol=ATOL)
+        torch.testing.assert_close(out, ref.encode_text(tokens), rtol=1e-5, atol=ATOL)  # same weights, other BLAS order
     assert enc.oc_model.training  # built while the owner was in train mode
 
 
