@@ -27,8 +27,12 @@ setup(
     extras_require={
         "text": ["open_clip_torch>=2.24", "transformers>=4.51", "sentencepiece"],
         "plots": ["matplotlib"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "test": [
             "pytest>=7",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "onnxscript>=0.2",
             "open_clip_torch>=2.24",
             "transformers>=4.51",
             "sentencepiece",

@@ -108,8 +108,9 @@ def read_checkpoint_file(path: PathLike, extra_safe_globals: Sequence[type] = ()
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
                 IndexError, KeyError, TypeError) as e:
             raise CheckpointError(
-                f"Cannot read {path}: the file is truncated or corrupt, or not a torch checkpoint "
-                f"({type(e).__name__}: {e}). Download it again (delete the cached copy first)."
+                f"{path} is not a PyTorch checkpoint, or it is truncated or corrupt (torch.load says "
+                f"{type(e).__name__}: {e}). Check the path; if the file was downloaded, delete it and load again "
+                "to download a fresh copy."
             ) from e
 
 

@@ -111,12 +111,15 @@ def check_image_values(x: torch.Tensor, *, standardizes: bool, max_resolution: O
     if not standardizes:
         return
     lo, hi = float(x.amin()), float(x.amax())
-    if hi > MAX_PLAUSIBLE and "scale" not in warned:
+    # Clearly negative first: a 0-255 image is never negative, a standardized one often exceeds 1.5.
+    if lo < MIN_PLAUSIBLE:
+        if "standardized" not in warned:
+            warned.add("standardized")
+            warnings.warn(f"The input's minimum is {lo:.4g}, but RADIO expects RGB values in [0, 1] and standardizes "
+                          "them itself: it looks like an already standardized image. Pass images in [0, 1], or call "
+                          "model.make_preprocessor_external() and standardize them yourself.", UserWarning,
+                          stacklevel=4)
+    elif hi > MAX_PLAUSIBLE and "scale" not in warned:
         warned.add("scale")
         warnings.warn(f"The input's maximum is {hi:.4g}, but RADIO expects RGB values in [0, 1]: it looks like a "
                       "0-255 image. Divide it by 255 (x.float() / 255).", UserWarning, stacklevel=4)
-    elif lo < MIN_PLAUSIBLE and "standardized" not in warned:
-        warned.add("standardized")
-        warnings.warn(f"The input's minimum is {lo:.4g}, but RADIO expects RGB values in [0, 1] and standardizes "
-                      "them itself: it looks like an already standardized image. Pass images in [0, 1], or call "
-                      "model.make_preprocessor_external() and standardize them yourself.", UserWarning, stacklevel=4)

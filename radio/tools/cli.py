@@ -552,6 +552,68 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# radio export
+
+EXPORT_TARGETS = ("safetensors", "transformers", "onnx")
+
+
+def _print_errors(errors: Dict[str, float], tol: float) -> bool:
+    """Print the parity check's relative errors; whether all are within ``tol``."""
+    worst = max(errors.values(), default=0.0)
+    for key, err in sorted(errors.items()):
+        sys.stdout.write(f"  {key:<40} relative error {err:.2e}\n")
+    ok = worst <= tol
+    sys.stdout.write(f"parity: {'ok' if ok else 'FAILED'} (largest relative error {worst:.2e}, limit {tol:.0e})\n")
+    return ok
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``radio export SRC --to safetensors|transformers|onnx OUT``: convert a model, optionally check parity."""
+    src = args.src
+    if not (src in VERSIONS or Path(src).exists() or src.count("/") == 1):
+        raise UsageError(f"SRC {src!r} is neither a release name (see `radio versions`), a Hugging Face repository "
+                         "id, nor an existing checkpoint file or directory")
+    out = Path(args.out)
+    if args.to == "onnx":
+        if out.is_dir():
+            raise UsageError(f"OUT {out} is a directory; --to onnx writes one file, e.g. {out / 'radio.onnx'}")
+    elif out.is_file():
+        raise UsageError(f"OUT {out} is a file; --to {args.to} writes a directory")
+    adaptors = [a for item in args.adaptor for a in item.split(",") if a]
+    if args.to != "onnx" and adaptors:
+        raise UsageError(f"--adaptor applies to --to onnx; --to {args.to} exports "
+                         + ("every adaptor" if args.to == "safetensors" else "the backbone only"))
+    import torch  # noqa: F401  (the model code below needs it; imported only now to keep --help fast)
+
+    from ..factory import radio_model
+
+    if args.to == "safetensors":
+        from ..export.safetensors_export import export_safetensors_from
+
+        path, errors = export_safetensors_from(src, out, verify=args.verify)
+        sys.stdout.write(f"wrote {path}\n")
+        return 0 if not args.verify or _print_errors(errors, 1e-5) else EXIT_FAILURE
+    model = radio_model(src, adaptor_names=adaptors or None, progress=not args.no_progress)
+    if args.to == "transformers":
+        from ..export.transformers_export import export_transformers, verify_transformers_export
+
+        path = export_transformers(model, out, drop_unsupported=args.drop_unsupported)
+        sys.stdout.write(f"wrote {path}\n")
+        if args.verify:
+            return 0 if _print_errors(verify_transformers_export(model, path), 1e-5) else EXIT_FAILURE
+        return 0
+    from ..export.onnx_export import export_onnx, verify_onnx
+
+    info = export_onnx(model, out, adaptor_names=adaptors, dtype=args.dtype,
+                       external_preprocessing=args.external_preprocessing)
+    sys.stdout.write(f"wrote {info.path} (inputs: {info.input_name}; outputs: {', '.join(info.output_names)})\n")
+    if args.verify:
+        tol = 1e-5 if args.dtype == "float32" else 2e-2
+        return 0 if _print_errors(verify_onnx(model, info.path), tol) else EXIT_FAILURE
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # radio versions
 
 
@@ -607,7 +669,7 @@ def _add_model_args(p: argparse.ArgumentParser, multi_adaptor: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``radio`` argument parser (commands ``extract``, ``visualize``, ``verify``, ``versions``)."""
+    """The ``radio`` argument parser (commands ``extract``, ``visualize``, ``verify``, ``export``, ``versions``)."""
     parser = argparse.ArgumentParser(
         prog="radio", description="RADIO vision foundation models: feature extraction and visualization.",
         epilog="Run `radio <command> --help` for the options of a command. Documentation: docs/cli.md.",
@@ -665,6 +727,29 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--version", default="", metavar="NAME",
                      help="the release the file should be (default: the release whose file name it has, if any)")
     ver.set_defaults(func=cmd_verify)
+
+    exp = sub.add_parser(
+        "export", parents=[common], help="convert a model to safetensors, transformers or ONNX",
+        description="Convert a RADIO model. safetensors: a pickle-free Hugging Face directory (config.json + "
+                    "model.safetensors, adaptors and normalizers included) that this package loads back. "
+                    "transformers: a directory transformers.RadioModel.from_pretrained loads (backbone only). "
+                    "onnx: one .onnx file with dynamic batch, height and width (ViTs). --verify checks the "
+                    "result against this package's outputs and prints the relative errors.",
+    )
+    exp.add_argument("src", metavar="SRC", help="release name, Hugging Face repo id, checkpoint file or directory")
+    exp.add_argument("--to", required=True, choices=EXPORT_TARGETS, help="target format")
+    exp.add_argument("out", metavar="OUT", help="output directory (safetensors, transformers) or .onnx file")
+    exp.add_argument("--verify", action="store_true", help="check parity after writing; exit 1 if it fails")
+    exp.add_argument("--adaptor", action="append", default=[], metavar="NAME",
+                     help="onnx: also export this adaptor's outputs (repeatable, or comma-separated)")
+    exp.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="onnx: weight dtype")
+    exp.add_argument("--external-preprocessing", action="store_true",
+                     help="onnx: leave the input standardization out of the graph (inputs already standardized)")
+    exp.add_argument("--drop-unsupported", action="store_true",
+                     help="transformers: drop adaptors/normalizers that transformers' RadioModel cannot hold "
+                          "(with a warning) instead of refusing")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    exp.set_defaults(func=cmd_export)
 
     vs = sub.add_parser("versions", help="list the released versions")
     vs.set_defaults(func=cmd_versions, debug=False)
