@@ -12,6 +12,7 @@ A learned ``G x G`` position table is cut to the input's patch grid:
 from __future__ import annotations
 
 import math
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -97,16 +98,21 @@ class PatchGenerator(nn.Module):
 
     def _eval_pos_embed(self, h: int, w: int) -> torch.Tensor:
         g = self.grid_size
-        if (h, w) == (g, g):
+        # ``h``/``w`` are symbolic (SymInt) while torch.export traces with dynamic sizes: a Python
+        # branch on their values would be frozen at the example size. The shortcuts below are taken
+        # only for concrete sizes; the general path gives identical numbers (a bilinear resize to the
+        # same size is the identity, and the float32 round trip of the table is exact).
+        concrete = isinstance(h, int) and isinstance(w, int)
+        if concrete and (h, w) == (g, g):
             return self.pos_embed
         table = self._table()
         if self.cpe_mode:
-            m = max(h, w)
+            m = torch.sym_max(h, w)
             table = F.interpolate(table.float(), size=(m, m), mode="bilinear", align_corners=False)
             table = table.to(self.pos_embed.dtype)[:, :, :h, :w]
         else:
-            table = table[:, :, : min(h, g), : min(w, g)]
-            if table.shape[-2:] != (h, w):
+            table = table[:, :, : torch.sym_min(h, g), : torch.sym_min(w, g)]
+            if not concrete or table.shape[-2:] != (h, w):
                 table = F.interpolate(table.float(), size=(h, w), mode="bilinear", align_corners=False)
                 table = table.to(self.pos_embed.dtype)
         return table.flatten(2).transpose(1, 2)  # 1, h*w, D
@@ -153,6 +159,41 @@ class PatchGenerator(nn.Module):
         if self.cls_token is not None:
             patches = self.cls_token(patches)
         return self.patch_normalizer(patches)
+
+    def forward_packed(self, patches: torch.Tensor, grids: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """Packed patches of several images -> one token sequence (eval mode only).
+
+        Each image gets its own position embedding (the eval-mode rule of :meth:`forward`, computed
+        once per distinct grid) and its own prefix tokens, so each segment equals :meth:`forward`
+        on that image alone.
+
+        Args:
+            patches: conditioned patches ``(sum h_i*w_i, C*ps*ps)``, channel-major within a patch
+                (the layout of :meth:`patchify`).
+            grids: patch grid ``(h_i, w_i)`` per image.
+
+        Returns:
+            ``(1, sum (S + h_i*w_i), D)``: per image, ``S`` prefix tokens then its patch tokens.
+
+        Raises:
+            ValueError: in training mode (random viewports are drawn per batch, not per image).
+        """
+        if self.training and (self.cpe_mode or self.pos_dropout > 0):
+            raise ValueError("packed embedding is eval-mode only (training draws random position viewports); "
+                             "call model.eval(), or run images of one size per batch in training.")
+        emb = self.embedder(patches)
+        cache: Dict[Tuple[int, int], torch.Tensor] = {}
+        pieces = []
+        start = 0
+        for h, w in grids:
+            if (h, w) not in cache:
+                cache[(h, w)] = self.position_embedding(1, h, w)[0]
+            n = h * w
+            if self.cls_token is not None:
+                pieces.append(self.cls_token.token)
+            pieces.append(emb[start:start + n] + cache[(h, w)])
+            start += n
+        return self.patch_normalizer(torch.cat(pieces, dim=0)).unsqueeze(0)
 
     def extra_repr(self) -> str:
         return (f"patch_size={self.patch_size}, grid={self.grid_size}x{self.grid_size}, "

@@ -1,0 +1,481 @@
+"""ONNX export of a RADIO model: one file with dynamic batch, height and width, checked with onnxruntime.
+
+The graph is a small wrapper (:class:`_OnnxGraph`) around the model's parts: the input conditioner
+(unless preprocessing is external), the backbone (conditioned image -> tokens), the summary /
+feature selection and the chosen adaptors. ``RADIOModel.forward``'s Python-side input checks stay
+out of the graph. The export uses the ``torch.export`` based exporter (``torch.onnx.export(...,
+dynamo=True)``) with derived dimensions ``H = step * gh``, ``W = step * gw`` so that the patch grid,
+the ViTDet windows and the CPE position table (bilinear resize to ``max(h, w)`` squared, then a
+top-left crop; spec model.md §3.4) are computed from the input shape at run time.
+
+Graph contract (see ``docs/deployment.md``):
+
+* input ``image``: ``(B, 3, H, W)`` float32, RGB in ``[0, 1]`` (or already standardized with the
+  ``norm_mean`` / ``norm_std`` of the metadata when exported with ``external_preprocessing``);
+* outputs ``summary`` ``(B, summary_dim)``, ``features`` ``(B, h*w, D)`` (NLC), and per adaptor
+  ``<name>.summary`` ``(B, O)``, ``<name>.features`` ``(B, h*u*w*u, C)``; all in the export dtype;
+* metadata (``metadata_props``): patch size, minimum step, preferred and maximum resolution,
+  output widths, version, dtype, sizes and the conditioner statistics.
+
+Requires the optional packages ``onnx``, ``onnxruntime`` and ``onnxscript`` (extra ``onnx``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..model import RADIOModel
+
+__all__ = ["OnnxExportInfo", "OnnxVerificationError", "export_onnx", "verify_onnx", "read_onnx_metadata",
+           "default_verify_sizes", "ONNX_DTYPES", "FP16_TOLERANCE", "FP32_TOLERANCE"]
+
+_logger = logging.getLogger(__name__)
+
+#: Export dtypes by name.
+ONNX_DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+#: Default ``verify_onnx`` tolerance (relative L2 error per output) for float32 files.
+FP32_TOLERANCE = 1e-5
+#: Default tolerance for float16 files, measured against the float32 PyTorch model (a 2-block test
+#: model reaches ~6e-4, a random-weight ViT-B/16 ~4e-4; trained weights with large activations
+#: can lose more in float16, hence the margin).
+FP16_TOLERANCE = 1e-2
+#: Lowest supported opset (LayerNormalization needs 17).
+MIN_OPSET = 17
+#: Name of the graph input.
+INPUT_NAME = "image"
+#: Largest patch-token count ``verify_onnx`` uses by default (keeps CPU verification affordable).
+_MAX_VERIFY_TOKENS = 4096
+#: Weights above this size go to an external-data file (protobuf files cannot exceed 2 GB).
+_EXTERNAL_DATA_BYTES = 3 * 2**29  # 1.5 GiB, leaving room for the graph itself
+
+
+class OnnxVerificationError(RuntimeError):
+    """onnxruntime's outputs differ from the PyTorch model's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class OnnxExportInfo:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        path: the ``.onnx`` file (weights above 2 GB go to ``<path>.data`` next to it).
+        input_name: name of the image input.
+        output_names: ``summary``, ``features``, then ``<adaptor>.summary``, ``<adaptor>.features``.
+        dynamic: whether height and width are dynamic (the batch always is).
+        opset: ONNX opset of the default domain.
+        dtype: ``'float32'`` or ``'float16'`` (of the weights and outputs; the input is float32).
+        metadata: the ``metadata_props`` written to the file.
+    """
+
+    path: Path
+    input_name: str
+    output_names: Tuple[str, ...]
+    dynamic: bool
+    opset: int
+    dtype: str
+    metadata: Dict[str, str]
+
+
+def _output_names(adaptor_names: Sequence[str]) -> Tuple[str, ...]:
+    names = ["summary", "features"]
+    for name in adaptor_names:
+        names += [f"{name}.summary", f"{name}.features"]
+    return tuple(names)
+
+
+class _OnnxGraph(nn.Module):
+    """The exported computation: conditioner -> backbone -> summary / features -> adaptors.
+
+    Mirrors ``RADIOModel.forward`` with ``feature_fmt='NLC'`` for a chosen subset of adaptors,
+    without its Python-side input checks, returning a flat tuple (ONNX outputs are positional).
+
+    Args:
+        model: the source model (its modules are shared, not copied).
+        adaptor_names: adaptors to export, in output order.
+        external_preprocessing: leave the input conditioner out of the graph.
+        dtype: computation and output dtype.
+    """
+
+    def __init__(self, model: "RADIOModel", adaptor_names: Sequence[str], external_preprocessing: bool,
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.radio = model
+        self.adaptor_names = list(adaptor_names)
+        self.external_preprocessing = external_preprocessing
+        self.dtype = dtype
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        radio = self.radio
+        x = image if self.external_preprocessing else radio.input_conditioner(image)
+        x = x.to(self.dtype)
+        ps = radio.patch_size
+        grid = (x.shape[-2] // ps, x.shape[-1] // ps)
+        tokens = radio.model(x)  # B, S + h*w, D
+        all_summary, summary = radio._summary(tokens)  # the model's own summary-token rule
+        features = radio.feature_normalizer(tokens[:, radio.num_summary_tokens:])  # B, h*w, D
+        outputs: List[torch.Tensor] = [summary, features]
+        # as in RADIOModel: adaptors read float32 summary tokens (the export dtype for float16 files)
+        summary_in = all_summary.to(torch.float32 if self.dtype == torch.float32 else self.dtype)
+        for name in self.adaptor_names:
+            out = radio.adaptors[name](summary_in, features, grid, "NLC")
+            outputs += [out.summary, out.features]
+        return tuple(t.to(self.dtype) for t in outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Option checks
+
+
+def _check_options(model: "RADIOModel", adaptor_names: Sequence[str], opset: int, dtype: str,
+                   dynamic: bool, example_size: Optional[Tuple[int, int]]) -> None:
+    if isinstance(adaptor_names, str):
+        raise TypeError(f"adaptor_names must be a sequence of names, got the string {adaptor_names!r}; "
+                        f"use adaptor_names=[{adaptor_names!r}].")
+    if dtype not in ONNX_DTYPES:
+        hint = ""
+        if dtype == "bfloat16":
+            hint = " (bfloat16 is not exported: onnxruntime's CPU provider and most builders take float16)"
+        raise ValueError(f"dtype={dtype!r} cannot be exported{hint}; use one of {', '.join(ONNX_DTYPES)}.")
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset={opset!r} is too old: the graph needs LayerNormalization (opset 17); "
+                         f"use opset >= {MIN_OPSET} (default 18).")
+    loaded = list(model.adaptors.keys())
+    for name in adaptor_names:
+        if name not in model.adaptors:
+            raise ValueError(f"Unknown adaptor {name!r}: the model has {loaded or 'no adaptors'}. Load it with "
+                             f"radio_model(..., adaptor_names=[{name!r}]) or pick one of the loaded adaptors.")
+    if len(set(adaptor_names)) != len(adaptor_names):
+        raise ValueError(f"adaptor_names lists an adaptor twice: {list(adaptor_names)}; name each adaptor once.")
+    if not _supports_dynamic_size(model) and dynamic:
+        raise ValueError(
+            f"{type(model.model).__name__} backbones cannot be exported with dynamic height/width (their "
+            "structure depends on the input size); pass dynamic=False and example_size=(H, W) for a fixed-size file."
+        )
+    if example_size is not None:
+        if len(example_size) != 2:
+            raise ValueError(f"example_size must be (height, width), got {example_size!r}")
+        step = model.min_resolution_step
+        h, w = (int(v) for v in example_size)
+        if h <= 0 or w <= 0 or h % step or w % step:
+            nearest = model.get_nearest_supported_resolution(max(h, 1), max(w, 1))
+            raise ValueError(f"example_size={h}x{w} is not a positive multiple of min_resolution_step={step}; "
+                             f"use e.g. {nearest.height}x{nearest.width}.")
+
+
+def _supports_dynamic_size(model: "RADIOModel") -> bool:
+    """Whether the backbone's graph is the same for every input size (the CPE ViT family).
+
+    Backbones whose structure is chosen from the input size (E-RADIO's window size) must be
+    exported at a fixed size.
+    """
+    from ..backbone import RadioViT
+
+    return isinstance(model.model, RadioViT)
+
+
+def _default_example_size(model: "RADIOModel", dynamic: bool) -> Tuple[int, int]:
+    step = model.min_resolution_step
+    if not dynamic and model.preferred_resolution is not None:
+        return model.get_nearest_supported_resolution(*model.preferred_resolution)
+    # Small and non-square, neither side 1 patch (torch.export specializes sizes 0 and 1) and not
+    # the table size, so nothing in the trace can collapse onto a special case.
+    return 3 * step, 2 * step
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata
+
+
+def _position_table_px(model: "RADIOModel") -> Optional[int]:
+    """Side of the CPE position table in pixels (``None`` for backbones without one)."""
+    from ..backbone import RadioViT
+
+    if not isinstance(model.model, RadioViT):
+        return None
+    return int(model.model.patch_generator.grid_size * model.patch_size)
+
+
+def _metadata(model: "RADIOModel", info: Dict[str, object],
+              outputs: Sequence[torch.Tensor], names: Sequence[str]) -> Dict[str, str]:
+    """String metadata of the file (JSON for lists and mappings)."""
+    cond = model.input_conditioner
+    mean = getattr(cond, "norm_mean", None)  # None once made external (identity)
+    std = getattr(cond, "norm_std", None)
+    pref = model.preferred_resolution
+    meta: Dict[str, object] = {
+        "format": "radio-onnx/1",
+        "version": model.version or "",
+        "patch_size": model.patch_size,
+        "min_resolution_step": model.min_resolution_step,
+        "preferred_resolution": f"{pref.height}x{pref.width}" if pref is not None else "",
+        "max_resolution": model.max_resolution if model.max_resolution is not None else "",
+        "position_table_size": _position_table_px(model) or "",
+        "vitdet_window_size": model.window_size or "",
+        "summary_dim": outputs[0].shape[-1],
+        "feature_dim": outputs[1].shape[-1],
+        "adaptors": json.dumps(list(info["adaptor_names"])),  # type: ignore[arg-type]
+        "input_name": INPUT_NAME,
+        "output_names": json.dumps(list(names)),
+        "output_widths": json.dumps({n: int(t.shape[-1]) for n, t in zip(names, outputs)}),
+        "feature_upsample": json.dumps({n: int(model.adaptors[n].upsample_factor or 1)
+                                        for n in info["adaptor_names"]}),  # type: ignore[union-attr]
+        "feature_layout": "NLC",
+        "dtype": info["dtype"],
+        "input_dtype": "float32",
+        "dynamic": str(bool(info["dynamic"])).lower(),
+        "export_size": "{}x{}".format(*info["example_size"]),  # type: ignore[str-format]
+        "external_preprocessing": str(bool(info["external_preprocessing"])).lower(),
+        "norm_mean": json.dumps([float(v) for v in mean.flatten()]) if mean is not None else "",
+        "norm_std": json.dumps([float(v) for v in std.flatten()]) if std is not None else "",
+        "torch_version": torch.__version__,
+    }
+    return {k: str(v) for k, v in meta.items()}
+
+
+def read_onnx_metadata(path: Union[str, Path]) -> Dict[str, str]:
+    """The ``metadata_props`` of an exported file (weights are not loaded)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode for the duration, restoring every submodule's flag after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _cast_parts(model: "RADIOModel", dtype: torch.dtype, adaptor_names: Sequence[str]) -> "RADIOModel":
+    """``model`` itself when its parts already run in ``dtype``; else a copy with them cast.
+
+    The input conditioner keeps float32 statistics (the input is float32 in both export dtypes).
+    """
+    parts: List[nn.Module] = [model.model, model.feature_normalizer] + [model.adaptors[n] for n in adaptor_names]
+    tensors = [t for p in parts for t in list(p.parameters()) + list(p.buffers()) if t.is_floating_point()]
+    if all(t.dtype == dtype for t in tensors):
+        return model
+    from ..layers.conditioner import InputConditioner
+
+    clone = copy.deepcopy(model)
+    if isinstance(clone.input_conditioner, InputConditioner):
+        clone.input_conditioner.dtype = torch.float32  # the copy's own setting: a float32 reference input
+    clone.model.to(dtype)
+    clone.feature_normalizer.to(dtype)
+    for n in adaptor_names:
+        clone.adaptors[n].to(dtype)
+    return clone
+
+
+def _dynamic_shapes(step: int, dynamic: bool) -> Dict[str, Dict[int, object]]:
+    from torch.export import Dim
+
+    shapes: Dict[int, object] = {0: Dim("batch", min=1)}
+    if dynamic:
+        # Derived dims: the exporter knows H and W are multiples of the step, so the patch grid
+        # and ViTDet window counts are exact integer expressions of the input shape.
+        shapes[2] = step * Dim("grid_h", min=1)
+        shapes[3] = step * Dim("grid_w", min=1)
+    return {"image": shapes}
+
+
+def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: Sequence[str] = (), opset: int = 18,
+                dtype: str = "float32", external_preprocessing: bool = False,
+                example_size: Optional[Tuple[int, int]] = None, dynamic: bool = True,
+                verify: bool = False) -> OnnxExportInfo:
+    """Export ``model`` (backbone summary and features, plus chosen adaptors) to one ONNX file.
+
+    Args:
+        model: a loaded ``RADIOModel`` (exported with eval-mode numerics; its state is not changed).
+        path: the ``.onnx`` file to write; models above 2 GB also write ``<name>.data`` beside it.
+        adaptor_names: loaded adaptors to include; their outputs are named ``<name>.summary`` and
+            ``<name>.features``.
+        opset: ONNX opset (>= 17).
+        dtype: ``'float32'`` or ``'float16'``: weights, computation and outputs. The input stays
+            float32 (standardization runs in float32, then casts).
+        external_preprocessing: leave the input conditioner out of the graph; the input must then
+            be ``(x - norm_mean) / norm_std`` (values in the metadata).
+        example_size: ``(H, W)`` traced; with ``dynamic=False`` the only size the file accepts.
+            Default: a small non-square size when dynamic, else the preferred resolution.
+        dynamic: dynamic height and width (any multiple of ``min_resolution_step``). The batch is
+            always dynamic.
+        verify: run :func:`verify_onnx` at the default sizes and raise if it fails.
+
+    Returns:
+        An :class:`OnnxExportInfo`.
+
+    Raises:
+        ValueError: bad ``dtype`` / ``opset`` / ``example_size``, unknown adaptor, or a model that
+            cannot be exported with dynamic sizes.
+        OnnxVerificationError: with ``verify=True``, onnxruntime disagrees with the model.
+    """
+    adaptor_names = list(adaptor_names) if not isinstance(adaptor_names, str) else adaptor_names
+    _check_options(model, adaptor_names, opset, dtype, dynamic, example_size)
+    try:
+        import onnx  # noqa: F401  (required by the exporter)
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("ONNX export needs the optional packages onnx and onnxscript: "
+                          "pip install 'radio-hub[onnx]'.") from exc
+    path = Path(path)
+    torch_dtype = ONNX_DTYPES[dtype]
+    size = tuple(int(v) for v in example_size) if example_size is not None else _default_example_size(model, dynamic)
+    source = _cast_parts(model, torch_dtype, adaptor_names)
+    graph = _OnnxGraph(source, adaptor_names, external_preprocessing, torch_dtype)
+    names = _output_names(adaptor_names)
+    device = next(source.parameters()).device
+    example = torch.rand(2, 3, *size, device=device)
+    with _eval_mode(graph), torch.no_grad():
+        outputs = graph(example)
+        _logger.info("exporting %s (%s, opset %d, %s sizes, traced at %dx%d)", type(model.model).__name__, dtype,
+                     opset, "dynamic" if dynamic else "fixed", *size)
+        program = torch.onnx.export(
+            graph, (example,), dynamo=True, dynamic_shapes=_dynamic_shapes(model.min_resolution_step, dynamic),
+            input_names=[INPUT_NAME], output_names=list(names), opset_version=opset, optimize=True,
+            verbose=False)
+    if program is None:  # only the legacy exporter returns None
+        raise RuntimeError("torch.onnx.export returned no program; torch >= 2.6 with dynamo=True is required.")
+    meta = _metadata(model, dict(adaptor_names=adaptor_names, dtype=dtype, dynamic=dynamic, example_size=size,
+                                        external_preprocessing=external_preprocessing), outputs, names)
+    program.model.metadata_props.update(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                       if v.const_value is not None)
+    external = weight_bytes > _EXTERNAL_DATA_BYTES
+    if external:
+        _logger.info("weights take %.2f GB: writing them to %s.data", weight_bytes / 1e9, path.name)
+    program.save(str(path), external_data=external)
+    info = OnnxExportInfo(path=path, input_name=INPUT_NAME, output_names=names, dynamic=dynamic,
+                          opset=_default_opset(program, opset), dtype=dtype, metadata=meta)
+    if verify:
+        verify_onnx(model, path)
+    return info
+
+
+def _default_opset(program: object, requested: int) -> int:
+    imports = getattr(getattr(program, "model", None), "opset_imports", {}) or {}
+    return int(imports.get("", requested))
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification
+
+
+def default_verify_sizes(model: "RADIOModel", metadata: Optional[Dict[str, str]] = None) -> List[Tuple[int, int]]:
+    """Sizes :func:`verify_onnx` checks: square, non-square (both orientations), above the table.
+
+    For fixed-size files only the export size. The size above the position table is left out
+    (with a log message) when it would exceed 4096 patch tokens, which would make a CPU run slow.
+    """
+    meta = metadata or {}
+    if meta.get("dynamic") == "false":
+        h, w = (int(v) for v in meta["export_size"].split("x"))
+        return [(h, w)]
+    step = model.min_resolution_step
+    table = _position_table_px(model)
+    sizes = [(4 * step, 4 * step), (4 * step, 2 * step), (2 * step, 5 * step)]
+    if table is not None:
+        above = ((table // step) + 1) * step
+        big = (above + step, above)
+        if (big[0] // model.patch_size) * (big[1] // model.patch_size) <= _MAX_VERIFY_TOKENS:
+            sizes.append(big)
+        else:
+            _logger.info("verify_onnx: skipping the size above the %d px position table (%dx%d is too large "
+                         "for a CPU check); pass sizes=[...] to include it.", table, *big)
+    return sizes
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, b = actual.double(), expected.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def verify_onnx(model: "RADIOModel", path: Union[str, Path], sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                batch: int = 2, tol: Optional[float] = None) -> Dict[str, float]:
+    """Run the file with onnxruntime (CPU) and compare it with ``model``'s float32 eval forward.
+
+    The reference is ``model(x)`` (``model`` itself, in float32 and eval mode, on a copy if needed),
+    so a float16 file is measured against the float32 model.
+
+    Args:
+        model: the model the file was exported from.
+        path: the ``.onnx`` file.
+        sizes: ``(H, W)`` sizes; default :func:`default_verify_sizes`.
+        batch: images per run.
+        tol: largest accepted relative L2 error per output; default 1e-5 for float32 files and
+            :data:`FP16_TOLERANCE` for float16 files. ``float('inf')`` only measures.
+
+    Returns:
+        ``{'<output>@<H>x<W>': relative error}`` for every output and size.
+
+    Raises:
+        OnnxVerificationError: an output's error exceeds ``tol`` or its shape differs.
+    """
+    import onnxruntime as ort
+
+    meta = read_onnx_metadata(path)
+    if tol is None:
+        tol = FP16_TOLERANCE if meta.get("dtype") == "float16" else FP32_TOLERANCE
+    adaptor_names = json.loads(meta.get("adaptors", "[]"))
+    external = meta.get("external_preprocessing") == "true"
+    sizes = list(sizes) if sizes is not None else default_verify_sizes(model, meta)
+    reference = _cast_parts(model, torch.float32, adaptor_names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    errors: Dict[str, float] = {}
+    failures: List[str] = []
+    gen = torch.Generator().manual_seed(0)
+    device = next(reference.parameters()).device
+    with _eval_mode(reference), torch.no_grad():
+        for h, w in sizes:
+            x = torch.rand(batch, 3, h, w, generator=gen).to(device)
+            out = reference(x)
+            flat = [t.cpu() for t in _flatten_outputs(out, adaptor_names)]
+            feed = reference.input_conditioner(x).float() if external else x
+            got = session.run(names, {input_name: feed.cpu().numpy()})
+            for name, expected, actual in zip(names, flat, got):
+                key = f"{name}@{h}x{w}"
+                actual_t = torch.from_numpy(actual)
+                if tuple(actual_t.shape) != tuple(expected.shape):
+                    failures.append(f"{key}: shape {tuple(actual_t.shape)} != {tuple(expected.shape)}")
+                    errors[key] = float("inf")
+                    continue
+                errors[key] = _relative_error(actual_t, expected)
+                if not errors[key] <= tol:
+                    failures.append(f"{key}: relative error {errors[key]:.3e} > {tol:.1e}")
+            _logger.info("verify_onnx %dx%d: max relative error %.3e", h, w,
+                         max(errors[f"{n}@{h}x{w}"] for n in names))
+    if failures:
+        raise OnnxVerificationError(f"{path} does not reproduce the model: " + "; ".join(failures))
+    return errors
+
+
+def _flatten_outputs(out: object, adaptor_names: Sequence[str]) -> List[torch.Tensor]:
+    backbone = out["backbone"] if isinstance(out, dict) else out
+    flat = [backbone.summary, backbone.features]
+    for name in adaptor_names:
+        flat += [out[name].summary, out[name].features]  # type: ignore[index]
+    return flat
