@@ -12,10 +12,13 @@ name, ours and timm's alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple, Union
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .eradio import ERadioSpec
 
 __all__ = ["ArchSpec", "RADIO_ARCHITECTURES", "resolve_architecture", "UnsupportedArchitectureError"]
 
@@ -115,8 +118,10 @@ def _meta_vit(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def resolve_architecture(name: str, model_kwargs: Mapping[str, Any], factory_kwargs: Mapping[str, Any]) -> ArchSpec:
-    """Describe the backbone that ``timm.create_model(name, **factory_kwargs, **model_kwargs)`` gives.
+def resolve_architecture(name: str, model_kwargs: Mapping[str, Any],
+                         factory_kwargs: Mapping[str, Any]) -> Union[ArchSpec, "ERadioSpec"]:
+    """Describe the backbone that ``timm.create_model(name, **factory_kwargs, **model_kwargs)`` gives
+    (an :class:`radio.eradio.ERadioSpec` for the E-RADIO names).
 
     Args:
         name: ``args.model``.
@@ -129,10 +134,17 @@ def resolve_architecture(name: str, model_kwargs: Mapping[str, Any], factory_kwa
     """
     if name in DINOV2_ARCHITECTURES:
         return DINOV2_ARCHITECTURES[name]
-    if name.startswith("eradio") or name.startswith("e-radio") or name.endswith("_xpos"):
+    from .eradio import eradio_spec, is_eradio
+
+    if is_eradio(name):
+        try:
+            return eradio_spec(name, model_kwargs)
+        except (ValueError, TypeError) as e:
+            raise UnsupportedArchitectureError(f"Cannot build E-RADIO backbone {name!r}: {e}") from e
+    if name.endswith("_xpos"):
         raise UnsupportedArchitectureError(
-            f"Backbone {name!r} (E-RADIO / xpos research architecture) is not supported yet: only the ViT "
-            "family of RADIO checkpoints can be loaded."
+            f"Backbone {name!r} (xpos research architecture) is not supported: only the ViT and E-RADIO "
+            "families of RADIO checkpoints can be loaded."
         )
     kwargs = {k: v for k, v in factory_kwargs.items() if v is not None}
     kwargs.update(model_kwargs)

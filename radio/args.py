@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from .architectures import resolve_architecture
+from .eradio import ERadioSpec
 from .checkpoint import CheckpointError
 from .config import RadioConfig, ReleaseInfo, TeacherConfig, as_resolution
 from .versions import RadioVersion
@@ -105,15 +106,16 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
         raise CheckpointError(
             f"The checkpoint's args lack the required field(s) {missing}; it is not a RADIO checkpoint."
         )
-    if args.cpe_max_size is None:
-        raise CheckpointError(
-            "The checkpoint has cpe_max_size=None (no CPE patch generator); every released RADIO ViT uses "
-            "CPE and this package only supports those."
-        )
     if not isinstance(args.model_kwargs, dict):
         raise CheckpointError(f"args.model_kwargs must be a dict, got {type(args.model_kwargs).__name__}")
     model_kwargs = {k: v for k, v in args.model_kwargs.items() if k not in _INIT_ONLY_KWARGS}
     arch = resolve_architecture(args.model, model_kwargs, _factory_kwargs(args))
+    eradio = isinstance(arch, ERadioSpec)
+    if args.cpe_max_size is None and not eradio:
+        raise CheckpointError(
+            "The checkpoint has cpe_max_size=None (no CPE patch generator) but a ViT backbone; every released "
+            "RADIO ViT uses CPE and this package only supports those."
+        )
 
     per_teacher = bool(getattr(args, "cls_token_per_teacher", True))
     raw_teachers = tuple(args.teachers or ())
@@ -121,15 +123,17 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
     num_cls = _count_summary_tokens(raw_teachers, per_teacher)
     num_reg = _count_registers(num_cls, getattr(args, "register_multiple", None),
                                getattr(args, "cpe_num_registers", None))
-    if not arch.class_token:
+    if eradio or not arch.class_token:
         num_reg = 0
     dtype = getattr(args, "dtype", torch.float32) or torch.float32
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"args.dtype must be a torch.dtype, got {dtype!r}")
-    final_norm = arch.family == "dinov2" or (bool(getattr(args, "model_norm", False)) and arch.final_norm)
+    # E-RADIO's final norm acts on a map the hub outputs never use (spec eradio.md §6.2).
+    final_norm = not eradio and (arch.family == "dinov2" or (bool(getattr(args, "model_norm", False))
+                                                             and arch.final_norm))
     cfg = RadioConfig(
         arch=arch,
-        cpe_max_size=int(args.cpe_max_size),
+        cpe_max_size=None if args.cpe_max_size is None else int(args.cpe_max_size),
         num_cls_tokens=num_cls,
         num_registers=num_reg,
         summary_idxs=_summary_idxs(teachers, per_teacher),
@@ -171,8 +175,13 @@ def _check_release_matches(cfg: RadioConfig, release: Optional[RadioVersion]) ->
     if release is None:
         return
     arch = cfg.arch
-    found = (arch.patch_size, arch.embed_dim, arch.depth)
-    expected = (release.patch_size, *(release.width_depth or (arch.embed_dim, arch.depth)))
+    if cfg.is_eradio:
+        found = expected = (cfg.feature_stride, cfg.embed_dim, 0)
+        if cfg.feature_stride != release.patch_size:
+            expected = (release.patch_size, cfg.embed_dim, 0)
+    else:
+        found = (arch.patch_size, arch.embed_dim, arch.depth)
+        expected = (release.patch_size, *(release.width_depth or (arch.embed_dim, arch.depth)))
     if found != expected:
         raise CheckpointError(
             f"The checkpoint's backbone ({arch.name}: patch {found[0]}, width {found[1]}, depth {found[2]}) does "

@@ -19,6 +19,7 @@ from typing import Any, List, Mapping, Optional, Tuple, Union
 import torch
 
 from .architectures import ArchSpec
+from .eradio import ERadioSpec
 from .outputs import Resolution
 
 __all__ = ["HEAD_VARIANTS", "ReleaseInfo", "RadioConfig", "TEXT_TEACHER_TYPES", "TeacherConfig", "as_resolution",
@@ -102,8 +103,8 @@ class RadioConfig:
         vitdet_window_size: ViTDet window side in patches, or ``None`` (global attention).
     """
 
-    arch: ArchSpec
-    cpe_max_size: int
+    arch: Union[ArchSpec, ERadioSpec]
+    cpe_max_size: Optional[int]
     num_cls_tokens: int
     num_registers: int
     summary_idxs: Tuple[int, ...]
@@ -114,33 +115,58 @@ class RadioConfig:
     vitdet_window_size: Optional[int] = None
 
     @property
+    def is_eradio(self) -> bool:
+        """Whether the backbone is E-RADIO (convolutional levels, windowed attention, neck)."""
+        return isinstance(self.arch, ERadioSpec)
+
+    @property
     def num_prefix_tokens(self) -> int:
-        """``S = T + R``: tokens before the patch tokens (0 without a class token)."""
+        """``S = T + R``: tokens before the patch tokens (0 without a class token; E-RADIO has none,
+        but reports 1 as the original does)."""
+        if self.is_eradio:
+            return 1
         return self.num_cls_tokens + self.num_registers if self.arch.class_token else 0
 
     @property
     def single_summary(self) -> bool:
         """The DINOv2-wrapper family summarizes with token 0 alone, whatever the teachers."""
-        return self.arch.family == "dinov2"
+        return not self.is_eradio and self.arch.family == "dinov2"
+
+    @property
+    def embed_dim(self) -> int:
+        """Feature width ``D`` (the neck width ``F`` for E-RADIO)."""
+        return self.arch.full_features_head_dim if self.is_eradio else self.arch.embed_dim
+
+    @property
+    def feature_stride(self) -> int:
+        """Pixels per feature-grid cell of the architecture: the patch size, or E-RADIO's neck stride."""
+        return self.arch.neck_stride if self.is_eradio else self.arch.patch_size
 
     @property
     def patch_size(self) -> int:
-        """The release's patch size, else the architecture's."""
-        return self.release.patch_size or self.arch.patch_size
+        """The release's patch size, else the architecture's feature stride."""
+        return self.release.patch_size or self.feature_stride
 
     @property
-    def position_grid_size(self) -> int:
-        """Side ``G`` of the position table (Python ``round``, as the original)."""
+    def position_grid_size(self) -> Optional[int]:
+        """Side ``G`` of the position table (Python ``round``, as the original); ``None`` for E-RADIO."""
+        if self.cpe_max_size is None:
+            return None
         return int(round(self.cpe_max_size / self.arch.patch_size))
 
     @property
-    def max_resolution(self) -> int:
-        """The release's largest trained side, else the position table's size in pixels."""
-        return self.release.max_resolution or self.position_grid_size * self.arch.patch_size
+    def max_resolution(self) -> Optional[int]:
+        """The release's largest trained side, else the position table's size in pixels (``None`` for an
+        E-RADIO file, which has no position table)."""
+        grid = self.position_grid_size
+        return self.release.max_resolution or (grid * self.arch.patch_size if grid else None)
 
     @property
     def min_resolution_step(self) -> int:
-        """Input sides must be multiples of this: the patch size, times the ViTDet window size if set."""
+        """Input sides must be multiples of this: the patch size, times the ViTDet window size if set;
+        32 for E-RADIO (its levels halve the size five times)."""
+        if self.is_eradio:
+            return max(32, self.patch_size)
         return self.patch_size * (self.vitdet_window_size or 1)
 
     def teacher(self, name: str) -> TeacherConfig:
@@ -172,7 +198,11 @@ class RadioConfig:
         if ws is None:
             return []
         check_vitdet_window_size(ws, self.release)
-        if self.min_resolution_step > self.max_resolution:
+        if self.is_eradio:
+            raise ValueError("vitdet_window_size does not apply to E-RADIO (it has no ViT blocks; the original "
+                             "ignores it with a warning). Pass vitdet_window_size=None; E-RADIO's own attention "
+                             "window is set with model.set_optimal_window_size() or model.window_policy.")
+        if self.max_resolution is not None and self.min_resolution_step > self.max_resolution:
             raise ValueError(
                 f"vitdet_window_size={ws} makes the input step {self.min_resolution_step} px, above this model's "
                 f"max_resolution {self.max_resolution}; use a window of at most "

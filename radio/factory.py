@@ -264,7 +264,6 @@ def radio_model(
         TypeError: an argument of the wrong type (``version``, ``adaptor_names``, ``vitdet_window_size``).
         FileNotFoundError: a local file that does not exist, or weights unavailable offline
             (``WeightsUnavailableError``, which says how to pass a local file).
-        NotImplementedError: E-RADIO.
     """
     if neck_name is not None:
         raise ValueError(f"neck_name={neck_name!r} only applies to RADIO1D research models; use None for ViTs.")
@@ -272,9 +271,6 @@ def radio_model(
         _warn_unknown_kwargs(kwargs)
     names = _adaptor_names(adaptor_names)
     source = _resolve_source(version, checkpoint_path)
-    if source.release is not None and source.release.name == "e-radio_v2":
-        raise NotImplementedError("E-RADIO (e-radio_v2) is not supported yet: it is a convolutional hybrid, "
-                                  "not a ViT. Use a ViT release such as 'c-radio_v4-h'.")
     check_vitdet_window_size(vitdet_window_size, release_info(source.release))  # before any download
 
     if source.path is not None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError
 from .config import RadioConfig, TeacherConfig
+from .eradio import filter_checkpoint_state_dict
 
 __all__ = [
     "HeadWeights",
@@ -287,6 +288,10 @@ def _head_state(sd: Mapping[str, torch.Tensor], group: str, teacher: TeacherConf
 
 def _backbone(raw: Mapping[str, torch.Tensor], cfg: RadioConfig, spectral: Any) -> StateDict:
     bb = split_prefix(raw, "base_model.")
+    if cfg.is_eradio:
+        # stale position-bias caches, constant index tables, final norm and classifier: derived or unused
+        kept, _ = filter_checkpoint_state_dict(realize_parametrizations(bb, spectral, what="backbone"))
+        return _cast(kept, cfg.dtype)
     if cfg.arch.family == "dinov2":
         bb = split_prefix(bb, "inner.")
     bb = rename_layerscale(realize_parametrizations(bb, spectral, what="backbone"))

@@ -110,13 +110,13 @@ def test_radio_model_offline_error_end_to_end(hub_dir, monkeypatch):
         radio_model()  # default version
 
 
-def test_eradio_is_refused_before_any_download(hub_dir, monkeypatch):
+def test_eradio_vitdet_is_refused_before_any_download(hub_dir, monkeypatch):
     from radio import radio_model
 
     calls = []
     monkeypatch.setattr(download, "_hf_download", _fake_hf(calls))
-    with pytest.raises(NotImplementedError, match="E-RADIO"):
-        radio_model("e-radio_v2")
+    with pytest.raises(ValueError, match="'e-radio_v2' does not support ViTDet"):
+        radio_model("e-radio_v2", vitdet_window_size=4)
     assert calls == []
 
 

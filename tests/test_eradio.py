@@ -1,0 +1,532 @@
+"""Tests of the E-RADIO backbone (``radio/eradio.py``) against an independent reference.
+
+Weights come from ``tests/eradio_writer.py`` (official checkpoint layout, random BatchNorm
+statistics, noisy stale bias caches); numbers are compared with ``tests/eradio_reference.py`` and
+with the conformance fixture produced by the original implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+import torch
+
+from radio.eradio import (
+    ERadioBackbone,
+    ERadioSpec,
+    eradio_spec,
+    filter_checkpoint_state_dict,
+    is_eradio,
+    list_eradio_models,
+    optimal_window_size,
+)
+from tests.eradio_reference import optimal_window_reference, reference_forward
+from tests.eradio_writer import make_eradio_checkpoint
+
+TINY = ['eradio_xxxtiny', 'eradio_xxxtiny_8x_ws12', 'eradio_xxxtiny_8x_ws16']
+LARGE = ['eradio_large_fullres_ws16', 'eradio']
+RUN_LARGE = bool(os.environ.get('RADIO_RUN_SLOW'))
+SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
+FIXTURE = SHARED / 'conformance' / 'cases'
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    # The tensors here are tiny: extra intra-op threads only add spinning on a shared CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def build(written, *, model_kwargs=None, meta: bool = False, **kw) -> ERadioBackbone:
+    spec = eradio_spec(written.args.model, written.args.model_kwargs
+                       if model_kwargs is None else model_kwargs)
+    kept, _ = filter_checkpoint_state_dict(written.backbone)
+    if meta:
+        with torch.device('meta'):
+            m = ERadioBackbone(spec, **kw)
+        m.load_state_dict(kept, assign=True)
+        for mod in m.modules():
+            if hasattr(mod, 'reset_non_persistent_buffers'):
+                mod.reset_non_persistent_buffers()
+    else:
+        m = ERadioBackbone(spec, **kw)
+        m.load_state_dict(kept)
+    return m.eval()
+
+
+_CACHE: Dict[Tuple, object] = {}
+
+
+def written(name: str = 'eradio_xxxtiny', kwargs=None, **kw):
+    key = (name, repr(kwargs), repr(sorted(kw.items())))
+    if key not in _CACHE:
+        _CACHE[key] = make_eradio_checkpoint(None, name, kwargs, **kw)
+    return _CACHE[key]
+
+
+def image(b: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_registry_and_parameter_counts():
+    assert list_eradio_models() == sorted(TINY + LARGE)
+    assert is_eradio('eradio') and not is_eradio('vit_base_patch16_224')
+    expected = {'eradio_large_fullres_ws16': 389_598_784, 'eradio': 389_598_784,
+                'eradio_xxxtiny': 10_255_008, 'eradio_xxxtiny_8x_ws12': 6_258_016,
+                'eradio_xxxtiny_8x_ws16': 6_275_424}
+    entries = {'eradio': 434, 'eradio_large_fullres_ws16': 434, 'eradio_xxxtiny': 372,
+               'eradio_xxxtiny_8x_ws12': 404, 'eradio_xxxtiny_8x_ws16': 413}
+    for name, count in expected.items():
+        spec = eradio_spec(name, {'return_full_features': True})
+        with torch.device('meta'):
+            m = ERadioBackbone(spec)
+        assert sum(p.numel() for p in m.parameters()) == count
+        blocks = sum(1 for k in m.state_dict() if k.endswith('relative_coords_table'))
+        # The checkpoint has two more buffers per attention block (filtered out).
+        assert len(m.state_dict()) + 2 * blocks == entries[name]
+    s = eradio_spec('eradio', {})
+    assert s.name == 'eradio_large_fullres_ws16' and s.neck_stride == 16
+    assert eradio_spec('eradio_xxxtiny_8x_ws16', {}).neck_stride == 8
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_state_dict_keys_match_checkpoint(name):
+    w = written(name)
+    m = build(w, meta=True)
+    kept, dropped = filter_checkpoint_state_dict(w.backbone)
+    assert set(m.state_dict()) == set(kept)
+    assert all(k.endswith(('relative_bias', 'relative_position_index')) for k in dropped)
+    for k, v in m.state_dict().items():
+        assert v.shape == kept[k].shape, k
+
+
+def test_spec_kwargs_validation():
+    s = eradio_spec('eradio_xxxtiny', {'return_full_features': True, 'drop_path_rate': 0.1,
+                                       'conv_groups_ratio': 1, 'cpb_mlp_hidden': 64,
+                                       'multi_query': True, 'dim': 32})
+    assert (s.conv_groups_ratio, s.cpb_mlp_hidden, s.multi_query, s.dim) == (1.0, 64, True, 32)
+    with pytest.raises(ValueError, match="unknown model_kwargs key 'bogus'"):
+        eradio_spec('eradio_xxxtiny', {'bogus': 1})
+    with pytest.raises(ValueError, match='dim=64 conflicts'):
+        eradio_spec('eradio_xxxtiny', {'dim': 64})
+    with pytest.raises(ValueError, match='cpb_mlp_hidden=512 conflicts'):
+        eradio_spec('eradio_xxxtiny_8x_ws12', {'cpb_mlp_hidden': 512})
+    with pytest.raises(ValueError, match='conv_base=False conflicts'):
+        eradio_spec('eradio_xxxtiny', {'conv_base': False})
+    assert eradio_spec('eradio_xxxtiny_8x_ws12', {'conv_base': True}).conv_base
+    with pytest.raises(ValueError, match="unknown E-RADIO architecture 'eradio_small'"):
+        eradio_spec('eradio_small', {})
+    assert eradio_spec('eradio_xxxtiny', {'use_shift': True}).use_shift
+    with pytest.raises(TypeError, match='ERadioSpec'):
+        ERadioBackbone('eradio_xxxtiny')  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------
+# numerics against the independent reference
+
+
+@pytest.mark.parametrize('name', TINY + [pytest.param(n, marks=pytest.mark.skipif(
+    not RUN_LARGE, reason='large weights take ~15 s; set RADIO_RUN_SLOW=1')) for n in LARGE])
+def test_eval_matches_reference(name):
+    w = written(name)
+    m = build(w)
+    # default (construction) window, then a small per-call window on the transposed size
+    for x, ws in ((image(2, 64, 96), None), (image(2, 96, 64, seed=1), 2)):
+        with torch.no_grad():
+            out = m(x, window_size=ws)
+        ref = reference_forward(w.backbone, x, window=ws)
+        assert out.shape == (2, m.embed_dim, x.shape[2] // m.stride, x.shape[3] // m.stride)
+        assert rel_err(out, ref.neck) <= 1e-5
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'multi_query': True, 'conv_groups_ratio': 1, 'cpb_mlp_hidden': 64},
+    {'qkv_bias': True, 'layer_scale': 0.5, 'qk_scale': 0.3, 'downsample_shuffle': True},
+])
+def test_model_kwargs_variants_match_reference(kwargs):
+    w = written('eradio_xxxtiny', dict(kwargs, return_full_features=True))
+    m = build(w)
+    x = image(2, 64, 64)
+    with torch.no_grad():
+        out = m(x, window_size=2)
+    ref = reference_forward(w.backbone, x, window=2, qk_scale=kwargs.get('qk_scale'))
+    assert rel_err(out, ref.neck) <= 1e-5
+
+
+def test_conv_base_variant_of_8x_matches_reference():
+    w = written('eradio_xxxtiny_8x_ws12', {'conv_base': True})
+    m = build(w)
+    x = image(1, 64, 96)
+    with torch.no_grad():
+        out = m(x, window_size=2)
+    assert rel_err(out, reference_forward(w.backbone, x, window=2).neck) <= 1e-5
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_training_mode_matches_reference_and_updates_bn(name):
+    w = written(name)
+    m = build(w).train()
+    x = image(2, 64, 64, seed=3)
+    out = m(x, window_size=2)
+    ref = reference_forward(w.backbone, x, window=2, training=True)
+    assert rel_err(out, ref.neck) <= 1e-5
+    sd = m.state_dict()
+    for k, v in ref.bn_updates.items():
+        if k.endswith('num_batches_tracked'):
+            assert int(sd[k]) == int(v) == 1001, k
+        else:
+            assert rel_err(sd[k], v) <= 1e-5, k
+            assert not torch.equal(sd[k], w.backbone[k]), k
+    # eval refolds with the new statistics
+    m.eval()
+    updated = dict(w.backbone)
+    updated.update(ref.bn_updates)
+    with torch.no_grad():
+        out_eval = m(x, window_size=2)
+    assert rel_err(out_eval, reference_forward(updated, x, window=2).neck) <= 1e-5
+
+
+def test_float16_stored_checkpoint_uses_stored_coordinate_table():
+    w = written('eradio_xxxtiny_8x_ws12', store_dtype=torch.float16)
+    m = build(w)
+    x = image(1, 64, 64, seed=4)
+    with torch.no_grad():
+        out = m(x)
+    assert rel_err(out, reference_forward(w.backbone, x).neck) <= 1e-5
+
+
+def test_stale_bias_buffer_is_irrelevant():
+    a = make_eradio_checkpoint(None, 'eradio_xxxtiny_8x_ws16', stale_bias='noise', seed=5)
+    b = make_eradio_checkpoint(None, 'eradio_xxxtiny_8x_ws16', stale_bias='zeros', seed=5)
+    x = image(1, 64, 64)
+    with torch.no_grad():
+        ya, yb = build(a)(x, window_size=2), build(b)(x, window_size=2)
+    assert torch.equal(ya, yb)
+
+
+# ------------------------------------------------------------------------------------------------
+# conformance fixture of the original
+
+
+def _fixture_or_skip() -> Path:
+    ckpt = FIXTURE / 'ckpt' / 'eradio_tiny.pth.tar'
+    if not ckpt.exists():
+        if os.environ.get('CI'):
+            pytest.fail(f'conformance fixture missing: {ckpt}')
+        pytest.skip(f'conformance fixture missing: {ckpt}')
+    return ckpt
+
+
+@pytest.mark.parametrize('case', ['fwd_96x160', 'set_window_224'])
+def test_conformance_fixture(case):
+    path = _fixture_or_skip()
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    args, sd = ckpt['args'], ckpt['state_dict']
+    assert is_eradio(args.model)
+    bb = {k[len('base_model.'):]: v for k, v in sd.items() if k.startswith('base_model.')}
+    kept, _ = filter_checkpoint_state_dict(bb)
+    m = ERadioBackbone(eradio_spec(args.model, args.model_kwargs))
+    m.load_state_dict(kept)
+    m = m.to(args.dtype).eval()
+    data = torch.load(FIXTURE / 'eradio_tiny' / f'{case}.pt', weights_only=True)
+    x = data['inputs']['x_u8'].float() / 255.0
+    x = ((x - sd['input_conditioner.norm_mean'].float())
+         / sd['input_conditioner.norm_std'].float()).to(args.dtype)
+    if case == 'set_window_224':
+        m.set_optimal_window_size((224, 224))
+        assert m.window_size == 7
+    with torch.no_grad():
+        feats = m(x).flatten(2).transpose(1, 2)
+    summary = feats.mean(dim=1)
+    if '_feature_normalizer.mean' in sd:
+        fn_mean = sd['_feature_normalizer.mean'].float()
+        feats = (feats - fn_mean) @ sd['_feature_normalizer.tx'].float().T
+    exp_summary, exp_features = data['expected']['values']
+    assert summary.shape == exp_summary.shape and feats.shape == exp_features.shape
+    assert rel_err(summary, exp_summary) <= 1e-5
+    assert rel_err(feats, exp_features) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# folding, caches, modes
+
+
+def test_folded_conv_bn_equals_unfolded():
+    from radio.eradio import Conv2dBN
+    torch.manual_seed(0)
+    c = Conv2dBN(8, 16, 3, 1, 1, groups=2, act='silu')
+    with torch.no_grad():
+        c.bn.running_mean.normal_()
+        c.bn.running_var.uniform_(0.3, 3.0)
+        c.bn.weight.uniform_(0.5, 1.5)
+        c.bn.bias.normal_()
+    c.eval()
+    x = torch.randn(2, 8, 10, 12)
+    with torch.no_grad():
+        expected = torch.nn.functional.silu(c.bn(c.conv(x)))  # BatchNorm2d in eval mode
+        got = c(x)
+    assert rel_err(got, expected) <= 1e-6
+    assert c._fold_cache is not None
+    # in-place edits invalidate the cache (version counters)
+    with torch.no_grad():
+        c.bn.running_var.mul_(2.0)
+        expected = torch.nn.functional.silu(c.bn(c.conv(x)))
+        got = c(x)
+    assert rel_err(got, expected) <= 1e-6
+    # autograd through the folded path reaches the BatchNorm parameters
+    c.bn.weight.grad = None
+    c(x).sum().backward()
+    assert c.bn.weight.grad is not None and c.bn.weight.grad.abs().sum() > 0
+
+
+def test_load_state_dict_invalidates_caches():
+    a, b = written('eradio_xxxtiny_8x_ws12'), written('eradio_xxxtiny_8x_ws12', seed=1)
+    m = build(a)
+    x = image(1, 64, 64)
+    with torch.no_grad():
+        m(x, window_size=2)
+        m.load_state_dict(filter_checkpoint_state_dict(b.backbone)[0])
+        out = m(x, window_size=2)
+    assert rel_err(out, reference_forward(b.backbone, x, window=2).neck) <= 1e-5
+
+
+def test_meta_construction_and_assign():
+    w = written('eradio_xxxtiny_8x_ws16')
+    m = build(w, meta=True)
+    assert all(p.device.type == 'cpu' for p in m.parameters())
+    x = image(1, 64, 96)
+    with torch.no_grad():
+        out = m(x, window_size=2)
+    assert rel_err(out, reference_forward(w.backbone, x, window=2).neck) <= 1e-5
+
+
+def test_bfloat16_with_window_change():
+    w = written('eradio_xxxtiny')
+    m32 = build(w)
+    m16 = build(w).to(torch.bfloat16)
+    m16.change_window_size(4)
+    x = image(1, 64, 64)
+    with torch.no_grad():
+        y16 = m16(x.to(torch.bfloat16))
+        y32 = m32(x, window_size=4)
+    assert y16.dtype == torch.bfloat16
+    assert rel_err(y16.float(), y32) <= 5e-2
+
+
+# ------------------------------------------------------------------------------------------------
+# windows
+
+
+@pytest.mark.parametrize('dim, ws', [
+    (224, 7), (256, 8), (384, 12), (512, 16), (768, 12), (1024, 16), ((448, 640), 14),
+    ((640, 448), 14), ((480, 800), 15), (64, 2), (96, 3), (128, 4), (160, 5), (320, 10),
+    (2048, 16), ([32, 4096], 1)])
+def test_optimal_window_table(dim, ws):
+    assert optimal_window_size(dim) == ws
+    side = min(dim) if isinstance(dim, (tuple, list)) else dim
+    assert optimal_window_reference(side) == ws
+
+
+def test_set_optimal_and_change_window_size(caplog):
+    m = build(written('eradio_xxxtiny_8x_ws12'))
+    assert m.window_size == 12
+    with caplog.at_level('INFO', logger='radio.eradio'):
+        m.set_optimal_window_size(224)
+    assert m.window_size == 7 and 'window size to 7' in caplog.text
+    m.set_optimal_window_size((480, 800))
+    assert m.window_size == 15
+    m.set_optimal_window_size((480, 800), max_window_size=8)
+    assert m.window_size == 5
+    for bad in (16, 31, (31, 640)):
+        with pytest.raises(ValueError, match='minimum of 32'):
+            m.set_optimal_window_size(bad)
+    with pytest.raises(ValueError, match='>= 1'):
+        m.change_window_size(0)
+    with pytest.raises(TypeError, match='window size must be an int'):
+        m.change_window_size(2.5)  # type: ignore[arg-type]
+    assert m.window_size == 5
+
+
+def test_per_call_window_equals_change_window_size():
+    w = written('eradio_xxxtiny')
+    m = build(w)
+    x = image(1, 64, 96)
+    with torch.no_grad():
+        per_call = m(x, window_size=3)
+        assert m.window_size == 16
+        m.change_window_size(3)
+        changed = m(x)
+        optimal = m(x, window_size='optimal')  # min side 64 -> 2
+        m.change_window_size(2)
+        two = m(x)
+    assert torch.equal(per_call, changed)
+    assert torch.equal(optimal, two)
+    assert rel_err(per_call, reference_forward(w.backbone, x, window=3).neck) <= 1e-5
+    policy = build(w, window_policy='optimal')
+    with torch.no_grad():
+        assert torch.equal(policy(x), two)
+
+
+def test_threads_with_different_windows_do_not_interfere():
+    m = build(written('eradio_xxxtiny_8x_ws12'))
+    jobs = [(image(1, 64, 64, seed=7), 2), (image(2, 64, 96, seed=8), 4),
+            (image(1, 96, 64, seed=9), 'optimal'), (image(1, 64, 64, seed=10), 1)]
+    with torch.no_grad():
+        sequential = [m(x, window_size=ws) for x, ws in jobs]
+    m.clear_caches()
+    results: Dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(2):
+                results[i] = m(jobs[i][0], window_size=jobs[i][1])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, expected in enumerate(sequential):
+        assert torch.equal(results[i], expected)
+    assert m.window_size == 12
+
+
+# ------------------------------------------------------------------------------------------------
+# pyramid and input checks
+
+
+def test_pyramid_shapes_strides_and_values():
+    w = written('eradio_xxxtiny_8x_ws16')
+    m = build(w)
+    x = image(2, 64, 96)
+    with torch.no_grad():
+        pyr = m.forward_pyramid(x, window_size=2)
+    ref = reference_forward(w.backbone, x, window=2)
+    assert m.num_pyramid_levels == 5 and m.pyramid_strides == (4, 8, 16, 32, 8)
+    assert m.pyramid_channels == (32, 64, 128, 256, 256)
+    for t, s, c, r in zip(pyr, m.pyramid_strides, m.pyramid_channels, ref.levels + [ref.neck]):
+        assert t.shape == (2, c, 64 // s, 96 // s)
+        assert rel_err(t, r) <= 1e-5
+    with torch.no_grad():
+        assert torch.equal(m.forward_pyramid(x, indices=[-1], window_size=2)[0],
+                           m(x, window_size=2))
+        last2 = m.forward_pyramid(x, indices=2, window_size=2)
+        early = m.forward_pyramid(x, indices=[1, 0], stop_early=True, window_size=2)
+    assert [t.shape[1] for t in last2] == [256, 256]
+    assert torch.equal(early[0], pyr[1]) and torch.equal(early[1], pyr[0])
+    with pytest.raises(ValueError, match='out of range'):
+        m.forward_pyramid(x, indices=[5])
+    with pytest.raises(ValueError, match='last 6'):
+        m.forward_pyramid(x, indices=6)
+    with pytest.raises(TypeError, match='ints'):
+        m.forward_pyramid(x, indices=[1.0])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match='bool'):
+        m.forward_pyramid(x, indices=True)
+
+
+def test_stop_early_does_not_update_later_bn_in_training():
+    w = written('eradio_xxxtiny_8x_ws16')
+    m = build(w).train()
+    before = m.state_dict()['levels.2.downsample.reduction.bn.running_mean'].clone()
+    m.forward_pyramid(image(2, 64, 64), indices=[0, 1], stop_early=True, window_size=2)
+    sd = m.state_dict()
+    assert torch.equal(sd['levels.2.downsample.reduction.bn.running_mean'], before)
+    assert int(sd['levels.0.blocks.cv1.bn.num_batches_tracked']) == 1001
+    assert int(sd['high_res_neck.neck_features_proj.0.norm.num_batches_tracked']) == 1000
+
+
+@pytest.mark.parametrize('hw', [(48, 64), (64, 80), (0, 64)])
+def test_input_size_must_be_multiple_of_32(hw):
+    m = build(written('eradio_xxxtiny_8x_ws12'))
+    with pytest.raises(ValueError, match=f'divisible by 32.*{hw[0]} x {hw[1]}'):
+        m(torch.zeros(1, 3, *hw))
+
+
+def test_spec_is_frozen_dataclass():
+    s = eradio_spec('eradio_xxxtiny', {})
+    assert isinstance(s, ERadioSpec)
+    with pytest.raises(AttributeError):
+        s.dim = 3  # type: ignore[misc]
+    assert s.widths == (32, 64, 128, 256)
+
+
+def test_inference_mode_caches_do_not_break_autograd():
+    w = written('eradio_xxxtiny_8x_ws12')
+    m = build(w)
+    x = image(1, 64, 64, seed=11)
+    with torch.inference_mode():
+        a = m(x, window_size=5)  # first use of window 5: memoized tables are created here
+    with torch.no_grad():
+        b = m(x, window_size=5)
+    assert torch.equal(a, b)
+    # eval mode with autograd: folded weights are computed differentiably, not cached
+    y = m(x.clone().requires_grad_(), window_size=5)
+    assert rel_err(y, b) <= 1e-6
+    y.square().mean().backward()
+    blk = m.levels[3].blocks[0].attention_blocks[0]
+    assert blk.attn.pos_emb_funct.cpb_mlp[0].weight.grad is not None
+    assert blk.pre_conv.bn.weight.grad is not None
+
+
+@pytest.mark.parametrize('name, window, hw', [('eradio_xxxtiny', 2, (64, 96)),
+                                              ('eradio_xxxtiny_8x_ws12', 3, (96, 96))])
+def test_shifted_windows_match_reference(name, window, hw):
+    # level 2 reduced map 4x6 (> window 2) and level 3 2x3: shift only where the map is larger
+    w = written(name, {'return_full_features': True, 'use_shift': True})
+    m = build(w)
+    x = image(1, *hw, seed=12)
+    with torch.no_grad():
+        out = m(x, window_size=window)
+        plain = build(written(name))(x, window_size=window)
+    ref = reference_forward(w.backbone, x, window=window, use_shift=True)
+    assert rel_err(out, ref.neck) <= 1e-5
+    assert rel_err(out, plain) > 1e-3  # the shift really changes the result
+
+
+def test_writer_file_round_trip(tmp_path):
+    path = tmp_path / 'eradio.pth.tar'
+    w = make_eradio_checkpoint(path, 'eradio_xxxtiny_8x_ws12', teachers=[{'name': 'a'}],
+                               store_dtype=torch.float16, feature_normalizer=True,
+                               timm_extras=True)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    args, sd = ckpt['args'], ckpt['state_dict']
+    assert (args.model, args.cpe_max_size, args.cls_token_per_teacher, args.dtype) == (
+        'eradio_xxxtiny_8x_ws12', None, False, torch.float32)
+    assert args.model_kwargs == {'return_full_features': True}
+    p = 'base_model.levels.3.blocks.0.attention_blocks.0.attn.pos_emb_funct.'
+    assert sd[p + 'relative_coords_table'].shape == (1, 23, 23, 2)
+    assert sd[p + 'relative_coords_table'].dtype == torch.float16
+    assert sd[p + 'relative_position_index'].shape == (144, 144)
+    assert sd[p + 'relative_bias'].shape == (1, 16, 144, 144)
+    assert sd['input_conditioner.norm_mean'].shape == (3, 1, 1)
+    assert sd['_feature_normalizer.tx'].shape == (256, 256)
+    assert sd['_heads.0.fc1.weight'].shape[1] == 256
+    var = sd['base_model.levels.0.blocks.cv1.bn.running_var'].float()
+    assert (var > 0).all() and var.std() > 0.1
+    bb = {k[len('base_model.'):]: v for k, v in sd.items() if k.startswith('base_model.')}
+    kept, dropped = filter_checkpoint_state_dict(bb)
+    assert {'norm.weight', 'head.weight', 'head.bias'} <= set(dropped)
+    m = ERadioBackbone(eradio_spec(args.model, args.model_kwargs))
+    m.load_state_dict(kept)
+    x = image(1, 64, 64, seed=13)
+    with torch.no_grad():
+        out = m.eval()(x, window_size=2)
+    assert rel_err(out, reference_forward(w.backbone, x, window=2).neck) <= 1e-5
