@@ -15,7 +15,7 @@ PUBLISHED = [
     ("radio_v2.1", "https://huggingface.co/nvidia/RADIO/resolve/main/radio_v2.1_bf16.pth.tar?download=true", 16, 2048, 432, True),
     ("radio_v2", "https://huggingface.co/nvidia/RADIO/resolve/main/radio_v2.pth.tar?download=true", 16, 2048, 432, True),
     ("radio_v1", "https://huggingface.co/nvidia/RADIO/resolve/main/radio_v1.pth.tar?download=true", 14, 1050, 378, True),
-    ("e-radio_v2", "https://huggingface.co/nvidia/RADIO/resolve/main/eradio_v2.pth.tar?download=true", 16, 2048, 512, True),
+    ("e-radio_v2", "https://huggingface.co/nvidia/RADIO/resolve/main/eradio_v2.pth.tar?download=true", 16, 2048, 512, False),  # ViTDet refused for E-RADIO (the issue; the original ignores it)
     ("c-radio_v2-g", "https://huggingface.co/nvidia/C-RADIOv2-g/resolve/main/c-radio_v2-g_half.pth.tar", 16, 2048, 768, True),
     ("c-radio_v2-vlm-h", "https://huggingface.co/nvidia/C-RADIOv2-VLM-H/resolve/main/c-radio_v2-vlm-h.pth.tar", 16, 2048, 768, True),
     ("c-radio_v3-b", "https://huggingface.co/nvidia/C-RADIOv3-B/resolve/main/c-radio_v3-b_half.pth.tar?download=true", 16, 2048, 512, False),
