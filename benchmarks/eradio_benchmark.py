@@ -9,15 +9,15 @@ Run from the repository root::
     python -m benchmarks.eradio_benchmark --model eradio_xxxtiny --size 256
 
 One warm-up call per implementation at a small size (it fills the fold/bias caches, which persist
-across input sizes), then ``--repeats`` timed calls at ``--size`` (default 512x512, batch 4,
-float32). Prints the times, the speed ratio and the relative error between the two outputs.
+across input sizes), then ``--repeats`` rounds of timed calls at ``--size`` (default 512x512,
+batch 4, float32), the two implementations alternating; the best time of each is reported. Prints the times, the speed ratio and the relative error between the two outputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,14 +26,17 @@ from tests.eradio_reference import reference_forward
 from tests.eradio_writer import make_eradio_checkpoint
 
 
-def _time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple:
-    times: List[float] = []
-    out = None
+def _time_interleaved(fns: Sequence[Callable[[], torch.Tensor]],
+                      repeats: int) -> Tuple[List[float], List[torch.Tensor]]:
+    """Best time and last output of each function, alternating them (fairer on a shared CPU)."""
+    times: List[List[float]] = [[] for _ in fns]
+    outs: List[torch.Tensor] = [torch.empty(0) for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return [min(t) for t in times], outs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -78,8 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             sync()
             return y
 
-        t_ref, y_ref = _time(run_ref, args.repeats)
-        t_new, y_new = _time(run_new, args.repeats)
+        (t_ref, t_new), (y_ref, y_new) = _time_interleaved([run_ref, run_new], args.repeats)
     err = ((y_new.double() - y_ref.double()).norm() / y_ref.double().norm()).item()
     max_rel = ((y_new - y_ref).abs().max() / y_ref.abs().max()).item()
     print(f'model={spec.name} input={args.batch}x3x{args.size}x{args.size} float32 '

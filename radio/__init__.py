@@ -22,6 +22,8 @@ _EXPORTS = {
     "WeightsUnavailableError": "radio.download",
     "radio_model": "radio.factory",
     "RADIOModel": "radio.model",
+    "PackedImages": "radio.packed",
+    "pack_images": "radio.packed",
     "RadioOutput": "radio.outputs",
     "Resolution": "radio.outputs",
     "DEFAULT_VERSION": "radio.versions",
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .factory import radio_model
     from .model import RADIOModel
     from .outputs import RadioOutput, Resolution
+    from .packed import PackedImages, pack_images
     from .versions import DEFAULT_VERSION, list_versions
 
 

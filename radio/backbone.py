@@ -22,6 +22,7 @@ from .layers.mlp import NormMlp, SwiGLU
 from .layers.norms import LN_EPS, DyT, ScaledLayerNorm
 from .layers.patch_generator import PatchGenerator, position_grid_size
 from .layers.windows import window_partition, window_unpartition
+from .packed import Segments, make_segments, varlen_attention
 
 __all__ = ["RadioBlock", "RadioViT"]
 
@@ -50,6 +51,44 @@ class RadioBlock(Block):
         prefix, patches = x[:, :s], x[:, s:]
         windows = super().forward(window_partition(patches, grid_hw, self.window_size))
         return torch.cat([prefix, window_unpartition(windows, grid_hw, self.window_size)], dim=1)
+
+    def _packed_attention(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """This block's attention module on a packed ``(1, L, D)`` sequence, attending per segment.
+
+        The projections run once over all tokens; only the softmax attention is split by segment.
+        """
+        attn = self.attn
+        _, n, _ = x.shape
+        gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+        qkv = attn.qkv(x).reshape(1, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        dropout = attn.attn_drop.p if self.training else 0.0
+        y = varlen_attention(q, k, v, segments, scale=attn.scale, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(1, n, -1)
+        y = attn.norm(y)
+        if gate is not None:
+            y = y * gate
+        return attn.proj_drop(attn.proj(y))
+
+    def forward_packed(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """The block on a packed sequence ``(1, L, D)`` of several images (see :mod:`radio.packed`).
+
+        A global block attends within each image; a windowed block runs the windows of all images
+        as one batch (the prefix tokens pass through unchanged, as in :meth:`forward`).
+        """
+        if self.window_size:
+            s, ws = self.num_prefix_tokens, self.window_size
+            parts = segments.split(x)
+            windows = torch.cat([window_partition(p[:, s:], g, ws) for p, g in zip(parts, segments.grids)])
+            windows = super().forward(windows)
+            counts = [(h // ws) * (w // ws) for h, w in segments.grids]
+            pieces = []
+            for p, g, win in zip(parts, segments.grids, windows.split(counts)):
+                pieces += [p[:, :s], window_unpartition(win, g, ws)]
+            return torch.cat(pieces, dim=1)
+        x = x + self.drop_path1(self.ls1(self._packed_attention(self.norm1(x), segments)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}" if self.window_size else ""
@@ -152,6 +191,40 @@ class RadioViT(nn.Module):
                 break
             tokens = self._run_block(blk, tokens, grid)
             yield i, tokens
+
+    def iter_blocks_packed(self, patches: torch.Tensor, grids: Sequence[Tuple[int, int]],
+                           stop: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor, Segments]]:
+        """Packed counterpart of :meth:`iter_blocks`: yields ``(index, tokens (1, L, D), segments)``.
+
+        Args:
+            patches: conditioned channel-major patches ``(sum h_i*w_i, 3*ps*ps)``.
+            grids: patch grid ``(h_i, w_i)`` per image.
+            stop: last block index to run (inclusive); all blocks by default.
+        """
+        segments = make_segments(grids, self.num_prefix_tokens)
+        tokens = self.patch_generator.forward_packed(patches, segments.grids)
+        last = len(self.blocks) - 1 if stop is None else stop
+        for i, blk in enumerate(self.blocks):
+            if i > last:
+                break
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(blk.forward_packed, tokens, segments, use_reentrant=False)
+            else:
+                tokens = blk.forward_packed(tokens, segments)
+            yield i, tokens, segments
+
+    def forward_packed(self, patches: torch.Tensor, grids: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, Segments]:
+        """Packed images -> ``(tokens (1, sum (S + h_i*w_i), D) after the final norm, segments)``.
+
+        Each image's segment equals :meth:`forward` on that image alone (eval mode).
+        """
+        tokens, segments = None, None
+        for _, tokens, segments in self.iter_blocks_packed(patches, grids):
+            pass
+        if tokens is None:  # no blocks (pruned): embedding only
+            segments = make_segments(grids, self.num_prefix_tokens)
+            tokens = self.patch_generator.forward_packed(patches, segments.grids)
+        return self.norm(tokens), segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Conditioned image ``(B, 3, H, W)`` -> tokens ``(B, S + h*w, D)`` after the final norm."""

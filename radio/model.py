@@ -16,16 +16,19 @@ from torch import nn
 
 from .adaptors import Adaptor
 from .backbone import RadioViT
+from .eradio import ERadioBackbone
 from .layers.conditioner import InputConditioner
 from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer, NullIntermediateNormalizer
 from .config import RadioConfig, TeacherConfig
 from .input_checks import check_image_batch, check_image_values, is_tracing, nearest_supported_resolution
 from .outputs import RadioOutput, Resolution, check_feature_fmt, to_nchw
+from .packed import PackedImages, check_packed, pack_images
 
 __all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
 
 ForwardOutput = Union[RadioOutput, Dict[str, RadioOutput]]
 AGGREGATIONS = ("sparse", "dense")
+WINDOW_POLICIES = ("fixed", "auto")
 ALPHA_SCHEMES = ("post-alpha", "pre-alpha", "none")
 
 
@@ -93,6 +96,7 @@ class RADIOModel(nn.Module):
         self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
         self.inter_feature_normalizer = inter_feature_normalizer
         self._warned: Set[str] = set()  # input warnings already given (once per model)
+        self._window_policy = "fixed"
 
     def reset_non_persistent_buffers(self) -> None:
         """(Re)create the constant buffers, e.g. after the model was built on the meta device."""
@@ -120,16 +124,20 @@ class RADIOModel(nn.Module):
             ValueError: a head that does not match its state, or an invalid ViTDet setting.
         """
         cfg = config
-        backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
-                            final_norm=cfg.final_norm, window_size=cfg.vitdet_window_size,
-                            global_blocks=cfg.vitdet_global_blocks(), dtype=cfg.dtype)
+        if cfg.is_eradio:
+            cfg.vitdet_global_blocks()  # rejects a ViTDet window with a clear error
+            backbone: nn.Module = ERadioBackbone(cfg.arch, dtype=cfg.dtype)
+        else:
+            backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
+                                final_norm=cfg.final_norm, window_size=cfg.vitdet_window_size,
+                                global_blocks=cfg.vitdet_global_blocks(), dtype=cfg.dtype)
         adaptors = {name: Adaptor.from_config(teacher, summary, feature, (text_weights or {}).get(name))
                     for name, (teacher, summary, feature) in heads.items()}
-        feat = FeatureNormalizer(cfg.arch.embed_dim, dtype=cfg.dtype) if feature_normalizer else None
+        feat = FeatureNormalizer(cfg.embed_dim, dtype=cfg.dtype) if feature_normalizer else None
         inter = None
         if intermediate_normalizer is not None:
             num_layers, per_layer_rotation = intermediate_normalizer
-            inter = IntermediateFeatureNormalizer(num_layers, cfg.arch.embed_dim, per_layer_rotation, dtype=cfg.dtype)
+            inter = IntermediateFeatureNormalizer(num_layers, cfg.embed_dim, per_layer_rotation, dtype=cfg.dtype)
         return cls(cfg, backbone, InputConditioner(dtype=cfg.dtype), adaptors, feat, inter)
 
     # ------------------------------------------------------------------------------------------
@@ -178,18 +186,68 @@ class RADIOModel(nn.Module):
 
     @property
     def summary_dim(self) -> int:
-        """Width of the backbone summary: ``embed_dim * len(summary_idxs)`` (spec model.md §7)."""
-        return self.embed_dim * len(self.config.summary_idxs)
+        """Width of the backbone summary: ``embed_dim * len(summary_idxs)`` (spec model.md §7); E-RADIO's
+        summary is the mean of its features, ``embed_dim`` wide."""
+        return self.embed_dim * (1 if self.config.is_eradio else len(self.config.summary_idxs))
 
     @property
     def embed_dim(self) -> int:
-        """Token width ``D``."""
-        return self.config.arch.embed_dim
+        """Feature width ``D`` (E-RADIO: the neck width)."""
+        return self.config.embed_dim
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        """The transformer blocks."""
-        return self.model.blocks
+    def blocks(self) -> Optional[nn.ModuleList]:
+        """The transformer blocks (``None`` for E-RADIO, as in the original)."""
+        return None if self.config.is_eradio else self.model.blocks
+
+    # ------------------------------------------------------------------------------------------
+    # E-RADIO's attention window (the original's API on the backbone, mirrored here)
+
+    @property
+    def window_policy(self) -> str:
+        """E-RADIO: ``'fixed'`` (the window set by :meth:`change_window_size`, default the construction
+        window) or ``'auto'`` (each call uses the optimal window for its own input size, computed per
+        call: no shared state changes, so threads with different sizes do not interfere)."""
+        return self._window_policy
+
+    @window_policy.setter
+    def window_policy(self, value: str) -> None:
+        if value not in WINDOW_POLICIES:
+            raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {value!r}")
+        if value != "fixed" and not self.config.is_eradio:
+            raise ValueError("window_policy applies to E-RADIO models only (ViTs use vitdet_window_size)")
+        self._window_policy = value
+
+    def _eradio_backbone(self, what: str) -> "ERadioBackbone":
+        if not self.config.is_eradio:
+            raise AttributeError(f"{what} applies to E-RADIO models only; this is a ViT ({self.config.arch.name})")
+        return self.model
+
+    def set_optimal_window_size(self, image_dim: Union[int, Sequence[int]], max_window_size: int = 16) -> None:
+        """E-RADIO: use the optimal attention window for ``image_dim`` ((H, W) or one side) from now on."""
+        self._eradio_backbone("set_optimal_window_size").set_optimal_window_size(image_dim, max_window_size)
+
+    def change_window_size(self, new_window_size: int) -> None:
+        """E-RADIO: use ``new_window_size`` as the attention window side from now on."""
+        self._eradio_backbone("change_window_size").change_window_size(new_window_size)
+
+    def _eradio_forward(self, x: torch.Tensor, feature_fmt: str) -> ForwardOutput:
+        window = "optimal" if self._window_policy == "auto" else None
+        return self._extract_eradio(self.model(x, window_size=window), feature_fmt)
+
+    def _extract_eradio(self, neck: torch.Tensor, feature_fmt: str) -> ForwardOutput:
+        """Neck map -> summary (token mean, before the normalizer), normalized features, adaptors (spec §6.2)."""
+        grid_hw = (neck.shape[-2], neck.shape[-1])
+        tokens = neck.flatten(2).transpose(1, 2)  # B, h*w, F
+        summary = tokens.mean(dim=1)
+        features = self.feature_normalizer(tokens)
+        backbone = RadioOutput(summary, to_nchw(features, grid_hw) if feature_fmt == "NCHW" else features)
+        if not len(self.adaptors):
+            return backbone
+        out: Dict[str, RadioOutput] = {"backbone": backbone}
+        for name, adaptor in self.adaptors.items():
+            out[name] = adaptor(summary.float(), features, grid_hw, feature_fmt)
+        return out
 
     def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
         """The closest size the model accepts: each side rounded to a multiple of ``min_resolution_step``
@@ -202,7 +260,8 @@ class RADIOModel(nn.Module):
                                             self.config.release.max_resolution)
 
     def switch_to_deploy(self) -> None:
-        """Kept for API compatibility; RADIO ViTs have nothing to re-parametrize at deploy time."""
+        """Kept for API compatibility: ViTs have nothing to re-parametrize, and E-RADIO folds its
+        BatchNorms and caches its position bias automatically in eval mode."""
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass (less memory when fine-tuning)."""
@@ -238,6 +297,8 @@ class RADIOModel(nn.Module):
         share one random position-table viewport. Restores the previous setting on exit."""
         if int(frames) < 1:
             raise ValueError(f"cpe_video_mode needs frames >= 1, got {frames}")
+        if self.config.is_eradio:
+            raise AttributeError("cpe_video_mode applies to ViTs (CPE position table); E-RADIO has none")
         gen = self.model.patch_generator
         previous = gen.num_video_frames
         gen.num_video_frames = int(frames)
@@ -258,7 +319,7 @@ class RADIOModel(nn.Module):
 
     def _condition(self, x: torch.Tensor) -> torch.Tensor:
         """Standardize (in float32) and cast to the backbone's current dtype (it follows ``.half()`` etc.)."""
-        return self.input_conditioner(x).to(self.model.patch_generator.embedder.weight.dtype)
+        return self.input_conditioner(x).to(next(self.model.parameters()).dtype)
 
     def _summary(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The one summary-token rule: ``(tokens the adaptors read, backbone summary (B, summary_dim))``.
@@ -303,8 +364,31 @@ class RADIOModel(nn.Module):
         check_feature_fmt(feature_fmt)
         self._check_input(x)
         x = self._condition(x)
+        if self.config.is_eradio:
+            return self._eradio_forward(x, feature_fmt)
         tokens = self.model(x)
         return self._extract(tokens, self.model.grid_size(x), feature_fmt)
+
+    def _eradio_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None],
+                              return_prefix_tokens: bool, norm: bool, stop_early: bool, output_fmt: str,
+                              intermediates_only: bool, aggregation: str
+                              ) -> Union[List[torch.Tensor], Tuple[ForwardOutput, List[torch.Tensor]]]:
+        """E-RADIO's multi-scale pyramid: level maps at strides 4, 8, 16, 32 (indices 0-3) and the neck (4)."""
+        if return_prefix_tokens or norm or aggregation != "sparse":
+            raise ValueError("E-RADIO's forward_intermediates returns its feature pyramid (levels at strides "
+                             "4, 8, 16, 32 and the neck): return_prefix_tokens, norm and aggregation='dense' "
+                             "apply to ViTs only.")
+        window = "optimal" if self._window_policy == "auto" else None
+        x = self._condition(x)
+        if intermediates_only:
+            maps = self.model.forward_pyramid(x, indices, stop_early=stop_early, window_size=window)
+        else:  # one pass gives both the selected maps and the neck behind the final output
+            every = self.model.forward_pyramid(x, None, window_size=window)
+            maps = [every[i] for i in self.model._resolve_indices(indices)]
+        results = [m if output_fmt == "NCHW" else m.flatten(2).transpose(1, 2) for m in maps]
+        if intermediates_only:
+            return results
+        return self._extract_eradio(every[-1], output_fmt), results
 
     def forward_intermediates(
         self,
@@ -344,6 +428,9 @@ class RADIOModel(nn.Module):
         if norm_alpha_scheme not in ALPHA_SCHEMES:
             raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
         self._check_input(x)  # sides must be multiples of the patch (and ViTDet window) size here too
+        if self.config.is_eradio:
+            return self._eradio_intermediates(x, indices, return_prefix_tokens, norm, stop_early, output_fmt,
+                                              intermediates_only, aggregation)
         depth = len(self.model.blocks)
         selected = resolve_indices(indices, depth)
         normalizer: nn.Module = self.inter_feature_normalizer
@@ -398,3 +485,157 @@ class RADIOModel(nn.Module):
             return results
         final = self._extract(final_norm(tokens), grid, output_fmt)
         return final, results
+
+    # ------------------------------------------------------------------------------------------
+    # Packed variable-resolution batches
+
+    def _pack_input(self, images: Union[Sequence[torch.Tensor], PackedImages, Tuple[torch.Tensor, torch.Tensor]]
+                    ) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """Validate a packed call's input; return ``(conditioned patches (sum N_i, 3*ps*ps), grids)``."""
+        if not isinstance(self.model, RadioViT):
+            raise NotImplementedError(
+                f"forward_packed needs a ViT backbone (RadioViT); this model's backbone is "
+                f"{type(self.model).__name__}, whose convolutional stages cannot mix images of different sizes. "
+                "Run its images one by one (model(img[None])) or in equal-size batches.")
+        if self.training:
+            raise ValueError("forward_packed runs in eval mode only (training draws random position viewports per "
+                             "batch); call model.eval(), or train on equal-size batches with model(x).")
+        ps = self.patch_size
+        is_packed = isinstance(images, PackedImages) or (
+            isinstance(images, tuple) and len(images) == 2 and all(torch.is_tensor(t) for t in images)
+            and images[0].ndim == 2)
+        if is_packed:
+            patches, grid = images
+            grids = check_packed(PackedImages(patches, grid), ps, self.min_resolution_step)
+            if not is_tracing():
+                check_image_values(patches.reshape(-1, 3, ps, ps),
+                                   standardizes=not isinstance(self.input_conditioner, nn.Identity),
+                                   max_resolution=None, warned=self._warned)
+        else:
+            if torch.is_tensor(images) or not isinstance(images, (list, tuple)):
+                raise TypeError(f"forward_packed takes a list of (3, H, W) images or a radio.PackedImages, got "
+                                f"{type(images).__name__}; for an equal-size batch (B, 3, H, W) call model(x).")
+            if not images:
+                raise ValueError("forward_packed got an empty list; pass at least one (3, H, W) image.")
+            for i, img in enumerate(images):
+                if not torch.is_tensor(img) or img.ndim != 3:
+                    shape = tuple(img.shape) if torch.is_tensor(img) else type(img).__name__
+                    raise ValueError(f"forward_packed: image {i} is {shape}; each image must be a (3, H, W) tensor.")
+                try:
+                    self._check_input(img.unsqueeze(0))
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"image {i}: {e}") from None
+            packed = pack_images(images, ps)
+            patches, grids = packed.patches, [tuple(g) for g in packed.grid_hw.tolist()]
+        conditioned = self._condition(patches.reshape(-1, 3, ps, ps)).reshape(patches.shape[0], -1)
+        return conditioned, grids
+
+    def forward_packed(self, images: Union[Sequence[torch.Tensor], PackedImages], feature_fmt: str = "NLC"
+                       ) -> List[ForwardOutput]:
+        """Images of different sizes in one forward pass; per image exactly what :meth:`forward` gives.
+
+        Token-wise layers run once over all images' tokens; attention stays within each image
+        (a variable-length kernel on CUDA when available, else per image).
+
+        Args:
+            images: a list of RGB images ``(3, H_i, W_i)`` in ``[0, 1]`` (sides multiples of
+                :attr:`min_resolution_step`, one dtype and device), or a packed batch
+                (:func:`radio.pack_images`: ``patches (sum N_i, 3*ps*ps)`` channel-major raw pixels,
+                ``grid_hw (n, 2)``, transformers' ``image_grid_hw`` layout).
+            feature_fmt: ``'NLC'`` or ``'NCHW'`` as in :meth:`forward`.
+
+        Returns:
+            One output per image, each ``model(image[None], feature_fmt)`` (batch axis of 1): a
+            :class:`RadioOutput`, or a dict with adaptors.
+
+        Raises:
+            NotImplementedError: a backbone that is not a ViT (E-RADIO).
+            ValueError: training mode, an empty input, or an invalid image size or shape.
+            TypeError: a wrong input type, non-floating images, or mixed dtypes / devices.
+        """
+        check_feature_fmt(feature_fmt)
+        patches, grids = self._pack_input(images)
+        tokens, segments = self.model.forward_packed(patches, grids)
+        return [self._extract(t, g, feature_fmt) for t, g in zip(segments.split(tokens), segments.grids)]
+
+    def forward_intermediates_packed(
+        self,
+        images: Union[Sequence[torch.Tensor], PackedImages],
+        indices: Union[int, Sequence[int], None] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        aggregation: str = "sparse",
+        norm_alpha_scheme: str = "post-alpha",
+    ) -> List[Union[List[torch.Tensor], List[RadioOutput], Tuple[ForwardOutput, list]]]:
+        """:meth:`forward_intermediates` for images of different sizes, in one packed pass.
+
+        Args:
+            images: as in :meth:`forward_packed`.
+            indices, return_prefix_tokens, norm, stop_early, output_fmt, intermediates_only,
+                aggregation, norm_alpha_scheme: as in :meth:`forward_intermediates`.
+
+        Returns:
+            One entry per image, each what ``forward_intermediates(image[None], ...)`` returns.
+        """
+        check_feature_fmt(output_fmt)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if norm_alpha_scheme not in ALPHA_SCHEMES:
+            raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
+        patches, grids = self._pack_input(images)
+        depth = len(self.model.blocks)
+        selected = resolve_indices(indices, depth)
+        normalizer: nn.Module = self.inter_feature_normalizer
+        if normalizer is None or norm_alpha_scheme == "none":
+            normalizer = NullIntermediateNormalizer()
+        elif normalizer.num_layers < depth:
+            raise ValueError(f"the intermediate normalizer covers {normalizer.num_layers} blocks, the model has {depth}")
+        final_norm = self.model.norm if norm else nn.Identity()
+        skip = self.num_summary_tokens
+        n = len(grids)
+        wanted = set(selected)
+        emitted: List[List[torch.Tensor]] = [[] for _ in range(n)]
+        acc: List[Any] = [None] * n
+        asum: List[Any] = [None] * n
+        count = 0
+        group = iter(selected)
+        group_end = next(group)
+        parts: Sequence[torch.Tensor] = ()
+        for i, tokens, segments in self.model.iter_blocks_packed(patches, grids,
+                                                                 stop=selected[-1] if stop_early else None):
+            parts = segments.split(tokens)
+            if aggregation == "dense":
+                for j, t in enumerate(parts):  # the normalizer skips each image's own prefix tokens
+                    y, a = normalizer(t, index=i, rot_index=group_end, skip=skip)
+                    term, a_term = (y, a) if norm_alpha_scheme == "post-alpha" else (a * y, 1)
+                    acc[j] = term if acc[j] is None else acc[j] + term
+                    asum[j] = a_term if asum[j] is None else asum[j] + a_term
+                count += 1
+            if i in wanted:
+                for j, t in enumerate(parts):
+                    if aggregation == "dense":
+                        out = ((asum[j] / count) * acc[j]) / count
+                    else:
+                        y, a = normalizer(t, index=i, skip=skip)
+                        out = a * y
+                    emitted[j].append(final_norm(out))
+                if aggregation == "dense":
+                    acc, asum, count = [None] * n, [None] * n, 0
+                    group_end = next(group, group_end)
+
+        results: list = []
+        for j, grid in enumerate(grids):
+            per_image: list = []
+            for t in emitted[j]:
+                spatial = t[:, skip:]
+                if output_fmt == "NCHW":
+                    spatial = to_nchw(spatial, grid).contiguous()
+                per_image.append(RadioOutput(self._summary(t)[1], spatial) if return_prefix_tokens else spatial)
+            if intermediates_only:
+                results.append(per_image)
+            else:
+                results.append((self._extract(final_norm(parts[j]), grid, output_fmt), per_image))
+        return results
