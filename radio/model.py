@@ -422,69 +422,89 @@ class RADIOModel(nn.Module):
             The list of intermediates, or ``(final, intermediates)`` where ``final`` is what
             :meth:`forward` would give for the last block run (a dict if adaptors are loaded).
         """
+        self._check_intermediate_args(output_fmt, aggregation, norm_alpha_scheme)
+        self._check_input(x)  # sides must be multiples of the patch (and ViTDet window) size here too
+        if self.config.is_eradio:
+            return self._eradio_intermediates(x, indices, return_prefix_tokens, norm, stop_early, output_fmt,
+                                              intermediates_only, aggregation)
+        selected = resolve_indices(indices, len(self.model.blocks))
+        x = self._condition(x)
+        grid = self.model.grid_size(x)
+        blocks = ((i, [t]) for i, t in self.model.iter_blocks(x, stop=selected[-1] if stop_early else None))
+        emitted, last = self._collect_intermediates(blocks, 1, selected, aggregation, norm_alpha_scheme)
+        final_norm = self.model.norm if norm else nn.Identity()
+        results = self._format_intermediates(emitted[0], final_norm, grid, output_fmt, return_prefix_tokens)
+        if intermediates_only:
+            return results
+        return self._extract(final_norm(last[0]), grid, output_fmt), results
+
+    def _check_intermediate_args(self, output_fmt: str, aggregation: str, norm_alpha_scheme: str) -> None:
         check_feature_fmt(output_fmt)
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if norm_alpha_scheme not in ALPHA_SCHEMES:
             raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
-        self._check_input(x)  # sides must be multiples of the patch (and ViTDet window) size here too
-        if self.config.is_eradio:
-            return self._eradio_intermediates(x, indices, return_prefix_tokens, norm, stop_early, output_fmt,
-                                              intermediates_only, aggregation)
-        depth = len(self.model.blocks)
-        selected = resolve_indices(indices, depth)
+
+    def _collect_intermediates(self, blocks: Iterator[Tuple[int, Sequence[torch.Tensor]]], n: int,
+                               selected: List[int], aggregation: str, norm_alpha_scheme: str
+                               ) -> Tuple[List[List[torch.Tensor]], Sequence[torch.Tensor]]:
+        """The selected blocks' (normalized, maybe group-averaged) tokens, for ``n`` token sequences.
+
+        Args:
+            blocks: ``(block index, [tokens of sequence j])`` after each block run.
+            n: number of sequences (1 for a dense batch, one per image when packed).
+            selected: ascending block indices to emit.
+            aggregation, norm_alpha_scheme: as in :meth:`forward_intermediates`.
+
+        Returns:
+            ``(emitted[j] = one tensor per selected block, the last block's tokens per sequence)``.
+        """
         normalizer: nn.Module = self.inter_feature_normalizer
+        depth = len(self.model.blocks)
         if normalizer is None or norm_alpha_scheme == "none":
             normalizer = NullIntermediateNormalizer()
         elif normalizer.num_layers < depth:
             raise ValueError(f"the intermediate normalizer covers {normalizer.num_layers} blocks, the model has {depth}")
-        final_norm = self.model.norm if norm else nn.Identity()
-        skip = self.num_summary_tokens
-
-        x = self._condition(x)
-        grid = self.model.grid_size(x)
+        skip = self.num_summary_tokens  # each sequence's own prefix tokens pass through the normalizer
         wanted = set(selected)
-        emitted: List[torch.Tensor] = []
-        acc = asum = None
+        emitted: List[List[torch.Tensor]] = [[] for _ in range(n)]
+        acc: List[Any] = [None] * n
+        asum: List[Any] = [None] * n
         count = 0
         group = iter(selected)
         group_end = next(group)
-        tokens = None
-        for i, tokens in self.model.iter_blocks(x, stop=selected[-1] if stop_early else None):
+        parts: Sequence[torch.Tensor] = ()
+        for i, parts in blocks:
             if aggregation == "dense":
-                y, a = normalizer(tokens, index=i, rot_index=group_end, skip=skip)
-                if norm_alpha_scheme == "post-alpha":
-                    term, a_term = y, a
-                else:
-                    term, a_term = a * y, 1
-                acc = term if acc is None else acc + term
-                asum = a_term if asum is None else asum + a_term
+                for j, t in enumerate(parts):
+                    y, a = normalizer(t, index=i, rot_index=group_end, skip=skip)
+                    term, a_term = (y, a) if norm_alpha_scheme == "post-alpha" else (a * y, 1)
+                    acc[j] = term if acc[j] is None else acc[j] + term
+                    asum[j] = a_term if asum[j] is None else asum[j] + a_term
                 count += 1
             if i in wanted:
+                for j, t in enumerate(parts):
+                    if aggregation == "dense":
+                        out = ((asum[j] / count) * acc[j]) / count
+                    else:
+                        y, a = normalizer(t, index=i, skip=skip)
+                        out = a * y
+                    emitted[j].append(out)
                 if aggregation == "dense":
-                    a_bar = asum / count
-                    out = (a_bar * acc) / count
-                    acc = asum = None
-                    count = 0
+                    acc, asum, count = [None] * n, [None] * n, 0
                     group_end = next(group, group_end)
-                else:
-                    y, a = normalizer(tokens, index=i, skip=skip)
-                    out = a * y
-                emitted.append(final_norm(out))
+        return emitted, parts
 
+    def _format_intermediates(self, emitted: Sequence[torch.Tensor], final_norm: nn.Module, grid: Tuple[int, int],
+                              output_fmt: str, return_prefix_tokens: bool) -> list:
         results: list = []
         for t in emitted:
-            spatial = t[:, skip:]
+            t = final_norm(t)
+            spatial = t[:, self.num_summary_tokens:]
             if output_fmt == "NCHW":
                 spatial = to_nchw(spatial, grid).contiguous()
-            if return_prefix_tokens:
-                results.append(RadioOutput(self._summary(t)[1], spatial))
-            else:
-                results.append(spatial)
-        if intermediates_only:
-            return results
-        final = self._extract(final_norm(tokens), grid, output_fmt)
-        return final, results
+            results.append(RadioOutput(self._summary(t)[1], spatial) if return_prefix_tokens else spatial)
+        return results
 
     # ------------------------------------------------------------------------------------------
     # Packed variable-resolution batches
@@ -580,62 +600,16 @@ class RADIOModel(nn.Module):
         Returns:
             One entry per image, each what ``forward_intermediates(image[None], ...)`` returns.
         """
-        check_feature_fmt(output_fmt)
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        if norm_alpha_scheme not in ALPHA_SCHEMES:
-            raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
+        self._check_intermediate_args(output_fmt, aggregation, norm_alpha_scheme)
         patches, grids = self._pack_input(images)
-        depth = len(self.model.blocks)
-        selected = resolve_indices(indices, depth)
-        normalizer: nn.Module = self.inter_feature_normalizer
-        if normalizer is None or norm_alpha_scheme == "none":
-            normalizer = NullIntermediateNormalizer()
-        elif normalizer.num_layers < depth:
-            raise ValueError(f"the intermediate normalizer covers {normalizer.num_layers} blocks, the model has {depth}")
+        selected = resolve_indices(indices, len(self.model.blocks))
+        blocks = ((i, segments.split(tokens)) for i, tokens, segments in
+                  self.model.iter_blocks_packed(patches, grids, stop=selected[-1] if stop_early else None))
+        emitted, last = self._collect_intermediates(blocks, len(grids), selected, aggregation, norm_alpha_scheme)
         final_norm = self.model.norm if norm else nn.Identity()
-        skip = self.num_summary_tokens
-        n = len(grids)
-        wanted = set(selected)
-        emitted: List[List[torch.Tensor]] = [[] for _ in range(n)]
-        acc: List[Any] = [None] * n
-        asum: List[Any] = [None] * n
-        count = 0
-        group = iter(selected)
-        group_end = next(group)
-        parts: Sequence[torch.Tensor] = ()
-        for i, tokens, segments in self.model.iter_blocks_packed(patches, grids,
-                                                                 stop=selected[-1] if stop_early else None):
-            parts = segments.split(tokens)
-            if aggregation == "dense":
-                for j, t in enumerate(parts):  # the normalizer skips each image's own prefix tokens
-                    y, a = normalizer(t, index=i, rot_index=group_end, skip=skip)
-                    term, a_term = (y, a) if norm_alpha_scheme == "post-alpha" else (a * y, 1)
-                    acc[j] = term if acc[j] is None else acc[j] + term
-                    asum[j] = a_term if asum[j] is None else asum[j] + a_term
-                count += 1
-            if i in wanted:
-                for j, t in enumerate(parts):
-                    if aggregation == "dense":
-                        out = ((asum[j] / count) * acc[j]) / count
-                    else:
-                        y, a = normalizer(t, index=i, skip=skip)
-                        out = a * y
-                    emitted[j].append(final_norm(out))
-                if aggregation == "dense":
-                    acc, asum, count = [None] * n, [None] * n, 0
-                    group_end = next(group, group_end)
-
         results: list = []
         for j, grid in enumerate(grids):
-            per_image: list = []
-            for t in emitted[j]:
-                spatial = t[:, skip:]
-                if output_fmt == "NCHW":
-                    spatial = to_nchw(spatial, grid).contiguous()
-                per_image.append(RadioOutput(self._summary(t)[1], spatial) if return_prefix_tokens else spatial)
-            if intermediates_only:
-                results.append(per_image)
-            else:
-                results.append((self._extract(final_norm(parts[j]), grid, output_fmt), per_image))
+            per_image = self._format_intermediates(emitted[j], final_norm, grid, output_fmt, return_prefix_tokens)
+            results.append(per_image if intermediates_only
+                           else (self._extract(final_norm(last[j]), grid, output_fmt), per_image))
         return results

@@ -33,6 +33,17 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 
     assert rel <= tol, f"relative error {rel:.3e} > {tol}"
 
 
+def all_tensors(obj) -> list:
+    """Every tensor of a nested output (dicts, lists, tuples, NamedTuples), in order."""
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in all_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in all_tensors(v)]
+    return []
+
+
 def assert_outputs_close(actual, expected, tol: float = 1e-5) -> None:
     """Compare RadioOutput / dict outputs field by field."""
     if isinstance(expected, dict):

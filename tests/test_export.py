@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_close_rel
+from conftest import all_tensors, assert_close_rel
 from radio.export.safetensors_export import (export_safetensors, export_safetensors_from,
                                              relative_error)
 from radio.export.transformers_export import export_transformers, verify_transformers_export
@@ -56,18 +56,8 @@ def test_safetensors_round_trip_of_a_spectral_checkpoint(tmp_path, images):
         assert torch.equal(a["clip"].features, b["clip"].features)
         fa = source.forward_intermediates(x, indices=[0, 1], output_fmt="NLC", aggregation="dense")
         fb = radio_model(str(out), adaptor_names=ALL).forward_intermediates(x, indices=[0, 1], output_fmt="NLC", aggregation="dense")
-    flat = [torch.cat([t.flatten() for t in _tensors(o)]) for o in (fa, fb)]
+    flat = [torch.cat([t.flatten() for t in all_tensors(o)]) for o in (fa, fb)]
     assert flat[0].numel() > 0 and torch.equal(flat[0], flat[1])
-
-
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
 
 
 def test_bf16_safetensors_round_trip(tmp_path, images):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_close_rel
+from conftest import all_tensors, assert_close_rel
 from hf_writer import MARKER, plant_python_files, shard, write_native_repo, write_remote_code_repo
 from radio.checkpoint import CheckpointError, load_checkpoint
 from radio.hf import is_hf_directory, read_hf_directory, repo_id_from_path
@@ -87,20 +87,10 @@ def test_remote_code_outputs_equal_official_and_code_never_runs(plain, tmp_path,
     with torch.no_grad():
         a = official.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", aggregation="dense")
         b = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", aggregation="dense")
-    flat_a = torch.cat([t.flatten() for t in _tensors(a)])
-    flat_b = torch.cat([t.flatten() for t in _tensors(b)])
+    flat_a = torch.cat([t.flatten() for t in all_tensors(a)])
+    flat_b = torch.cat([t.flatten() for t in all_tensors(b)])
     assert torch.equal(flat_a, flat_b)
     assert not marker.exists()
-
-
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
 
 
 def test_sharded_equals_single(plain, tmp_path):
