@@ -174,17 +174,11 @@ def _check_release_matches(cfg: RadioConfig, release: Optional[RadioVersion]) ->
     """
     if release is None:
         return
-    arch = cfg.arch
-    if cfg.is_eradio:
-        found = expected = (cfg.feature_stride, cfg.embed_dim, 0)
-        if cfg.feature_stride != release.patch_size:
-            expected = (release.patch_size, cfg.embed_dim, 0)
-    else:
-        found = (arch.patch_size, arch.embed_dim, arch.depth)
-        expected = (release.patch_size, *(release.width_depth or (arch.embed_dim, arch.depth)))
+    found = (cfg.feature_stride, cfg.embed_dim, None if cfg.is_eradio else cfg.arch.depth)
+    expected = (release.patch_size, *(release.width_depth or found[1:]))
     if found != expected:
         raise CheckpointError(
-            f"The checkpoint's backbone ({arch.name}: patch {found[0]}, width {found[1]}, depth {found[2]}) does "
+            f"The checkpoint's backbone ({cfg.arch.name}: patch {found[0]}, width {found[1]}, depth {found[2]}) does "
             f"not match release {release.name!r} (patch {expected[0]}, width {expected[1]}, depth {expected[2]}); "
             "pass the version the file belongs to (see `radio versions`), or no version."
         )

@@ -229,7 +229,7 @@ def radio_model(
     verify: bool = False,
     **kwargs: Any,
 ) -> Union[RADIOModel, Tuple[RADIOModel, Dict[str, Any]]]:
-    """Load a RADIO model (AM-RADIO, RADIOv2.x, C-RADIOv2/v3/v4) in eval mode.
+    """Load a RADIO model (AM-RADIO, RADIOv2.x, E-RADIO, C-RADIOv2/v3/v4) in eval mode.
 
     Args:
         version: a release name (see ``radio.list_versions()``; ``''`` = ``'c-radio_v4-h'``), a Hugging Face
