@@ -9,7 +9,7 @@ tokens (summary tokens and registers) wait unchanged for the next global block (
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn

@@ -277,7 +277,7 @@ def _dtype(value: Any, what: str, path: Path) -> Any:
         dt = getattr(torch, value.rsplit(".", 1)[-1], None)
         if isinstance(dt, torch.dtype):
             return dt
-    raise _fail(path, f"{what}={value!r} is not a torch dtype name", f"Use e.g. \"float32\" or \"bfloat16\".")
+    raise _fail(path, f"{what}={value!r} is not a torch dtype name", "Use e.g. \"float32\" or \"bfloat16\".")
 
 
 def _release(name: Optional[str], repo_id: Optional[str]) -> Any:
