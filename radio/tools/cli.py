@@ -50,6 +50,9 @@ EXIT_INTERRUPTED = 130
 STORE_FORMATS = ("safetensors", "pt", "npy")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pt")
+#: ``radio extract --max-tokens`` default (the same as :data:`radio.tools.extraction.DEFAULT_MAX_TOKENS`,
+#: kept here so that building the parser imports no torch).
+DEFAULT_MAX_TOKENS = 16384
 
 
 class UsageError(Exception):
@@ -416,6 +419,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     """``radio extract``: see :func:`build_parser` and ``docs/cli.md``."""
     # the command line first (no torch needed), then the rest
     _check_count(args.batch_size, "--batch-size", 1)
+    _check_count(args.max_tokens, "--max-tokens", 1)
     _check_count(args.workers, "--workers", 0)
     _parse_resolution(args.resolution)
     source = _model_source(args)
@@ -453,8 +457,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         base = {"version": version, "checkpoint": settings.checkpoint, "adaptors": list(adaptors),
                 "resolution": settings.resolution}
         stats = extract_features(
-            model, shard, store, policy, overwrite=args.overwrite,
-            batch_size=args.batch_size, device=ctx.device, feature_fmt=args.feature_fmt, bf16=args.bf16,
+            model, shard, store, policy, overwrite=args.overwrite, batch_size=args.batch_size,
+            max_tokens=args.max_tokens, device=ctx.device, feature_fmt=args.feature_fmt, bf16=args.bf16,
             save_dtype=getattr(torch, args.save_dtype), summary_only=args.summary_only, workers=args.workers,
             progress=not args.no_progress and ctx.is_main, base_metadata=base, rank=ctx.rank,
             world_size=ctx.world_size,
@@ -682,8 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
         "extract", parents=[common], help="write summary and dense features of images to files",
         description="Extract RADIO summary and dense features of images (files or directories, scanned "
                     "recursively) and write them to safetensors, .pt or .npy files, one per image mirroring "
-                    "the input tree (or all in one file). Images of each input size are batched together. A "
-                    "rerun resumes: finished images are skipped. Unreadable images are reported and "
+                    "the input tree (or all in one file). Images of different sizes (--resolution native or "
+                    "preferred) are packed into model calls of at most N tokens (--max-tokens N); with "
+                    "--resolution H W, images are batched N at a time (--batch-size N). A rerun resumes: "
+                    "finished images are skipped. Unreadable images are reported and "
                     "skipped. Split the work over processes with `torchrun --nproc_per_node N -m radio "
                     "extract ...`.",
     )
@@ -697,7 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--summary-only", action="store_true", help="store only the summary vectors")
     ext.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32",
                      help="dtype of the stored tensors (default: float32)")
-    ext.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: 16)")
+    ext.add_argument("--batch-size", type=int, default=16, metavar="N",
+                     help="images per equal-size batch: --resolution H W, or models that cannot pack "
+                          "(E-RADIO) (default: 16)")
+    ext.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                     help="token budget of one packed model call for images of different sizes (--resolution "
+                          "native / preferred): each image counts its prefix tokens plus (H/patch)*(W/patch) "
+                          f"patches; a larger image runs alone (default: {DEFAULT_MAX_TOKENS})")
     ext.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                      help="image loading processes per model process (default: min(4, CPUs); 0 = none)")
     ext.add_argument("--overwrite", action="store_true",
