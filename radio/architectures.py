@@ -112,8 +112,14 @@ def _meta_vit(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         if not timm.is_model(name):
             raise UnsupportedArchitectureError(
                 f"Unknown backbone architecture {name!r}: it is neither one of RADIO's "
-                f"({', '.join(sorted(RADIO_ARCHITECTURES) + sorted(DINOV2_ARCHITECTURES))}) nor a timm model. "
-                "E-RADIO and the other non-ViT research backbones are not supported."
+                f"({', '.join(sorted(RADIO_ARCHITECTURES) + sorted(DINOV2_ARCHITECTURES))}), an E-RADIO "
+                "architecture, nor a timm model."
+            )
+        module = timm.models.model_entrypoint(name).__module__
+        if not module.endswith(".vision_transformer"):
+            raise UnsupportedArchitectureError(
+                f"Backbone {name!r} is a timm model of {module}, not a timm VisionTransformer; the CPE patch "
+                "generator of RADIO only applies to VisionTransformer backbones."
             )
         return timm.create_model(name, pretrained=False, **kwargs)
 

@@ -9,7 +9,7 @@ import torch
 from ckpt_writer import (make_checkpoint, write_hostile_checkpoint, write_not_radio_checkpoint,
                          write_truncated_checkpoint)
 
-from radio import CheckpointError, UnsafeCheckpointError, radio_model
+from radio import CheckpointError, RadioOutput, UnsafeCheckpointError, radio_model
 from radio.checkpoint import load_checkpoint
 
 
@@ -91,7 +91,12 @@ def test_documented_unused_keys_are_quiet_and_others_warn(tmp_path):
     make_checkpoint(tmp_path / "u.pth.tar", model="vit_base_patch16_v2_224", unused_keys=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        radio_model(str(tmp_path / "u.pth.tar"))
+        quiet = radio_model(str(tmp_path / "u.pth.tar"))
+    # the stock-timm keys the CPE path never uses are dropped, not loaded
+    keys = list(quiet.state_dict())
+    assert "model.patch_generator.pos_embed" in keys
+    assert not [k for k in keys if k in ("model.cls_token", "model.pos_embed")
+                or k.startswith(("model.patch_embed.", "model.head."))]
     ck = make_checkpoint(None)
     ck.checkpoint["state_dict"]["base_model.blocks.0.attn.extra_thing"] = torch.zeros(2)
     torch.save(ck.checkpoint, tmp_path / "x.pth.tar")
@@ -153,7 +158,11 @@ def test_head_layout_mismatch_and_bad_versions_are_errors(tmp_path):
     ck.checkpoint["args"].teachers[1]["mlp_version"] = "attn"
     ck.checkpoint["args"].teachers[2]["spatial_mlp_version"] = "v3"
     torch.save(ck.checkpoint, tmp_path / "h.pth.tar")
-    radio_model(str(tmp_path / "h.pth.tar"))  # the backbone alone is fine
+    backbone_only = radio_model(str(tmp_path / "h.pth.tar"))  # the backbone alone is fine
+    assert len(backbone_only.adaptors) == 0
+    with torch.no_grad():
+        out = backbone_only(torch.rand(1, 3, 32, 32))
+    assert isinstance(out, RadioOutput) and out.features.shape == (1, 4, backbone_only.embed_dim)
     with pytest.raises(CheckpointError, match="adaptor 'clip' summary head"):
         radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="clip")
     with pytest.raises(CheckpointError, match="'attn' is not a valid summary head"):

@@ -1,7 +1,7 @@
 """Packed variable-resolution batches: ``model.forward_packed`` / ``radio.pack_images``.
 
 Every packed output is compared with the dense forward of the same image alone (itself validated
-against the reference in test_model_vs_reference.py), and the packed layout with transformers'
+against the reference in test_model.py / test_backbone.py), and the packed layout with transformers'
 ``RadioModel(pixel_values, image_grid_hw=...)`` on an exported model.
 """
 

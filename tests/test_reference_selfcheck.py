@@ -432,7 +432,7 @@ def test_hostile_truncated_and_foreign_files(tmp_path):
     good = W.make_checkpoint(tmp_path / 'g.pth.tar')
     W.write_truncated_checkpoint(good.path, tmp_path / 't.pth.tar')
     assert os.path.getsize(tmp_path / 't.pth.tar') < os.path.getsize(good.path)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match='central directory'):
         R.load_reference(str(tmp_path / 't.pth.tar'))
 
     W.write_not_radio_checkpoint(tmp_path / 'n.pth.tar')

@@ -52,8 +52,12 @@ def test_vitdet_settings():
 
 
 def test_records_are_frozen():
-    with pytest.raises(Exception):
-        get_version("radio_v2").patch_size = 8
+    import dataclasses
+
+    v = get_version("radio_v2")
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'patch_size'"):
+        v.patch_size = 8
+    assert get_version("radio_v2").patch_size == 16  # the shared record is unchanged
 
 
 def test_unknown_version_lists_known_names():

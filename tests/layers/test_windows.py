@@ -1,4 +1,5 @@
-"""ViTDet window partitioning and the choice of global blocks (spec vitdet.md)."""
+"""radio.layers.windows: ViTDet window partitioning (spec vitdet.md), and the choice of global blocks
+(radio.config.vitdet_global_blocks) for the official release settings."""
 
 import pytest
 import torch

@@ -1,22 +1,135 @@
-"""The model against the independent functional reference (tests/reference.py), over many
-official-format checkpoint variants written by tests/ckpt_writer.py.
+"""radio.backbone: RadioBlock (global or ViTDet-windowed attention) and RadioViT built from an
+ArchSpec; the architecture variants of whole checkpoints against the independent reference
+(tests/reference.py), ViTDet, the scaled LayerNorm of ViT-g, the DINOv2 wrappers and global pooling."""
 
-The reference itself is validated against the original implementation's outputs in
-test_reference_selfcheck.py.
-"""
+import dataclasses
 
 import pytest
 import torch
+from timm.layers import Mlp
+from timm.models.vision_transformer import Block
 
 from ckpt_writer import make_checkpoint
 from conftest import assert_close_rel, assert_outputs_close
-from reference import ref_forward, ref_forward_intermediates
+from reference import ref_forward
 
 from radio import radio_model
+from radio.architectures import ArchSpec
+from radio.backbone import RadioBlock, RadioViT
+from radio.layers.mlp import NormMlp, SwiGLU
+from radio.layers.norms import DyT, ScaledLayerNorm
 
 ALL = ["clip", "dino_v2", "sam"]
 
-VARIANTS = {
+
+def _randomize(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    return module.eval()
+
+
+def _spec(**kw):
+    base = dict(name="tiny", patch_size=4, embed_dim=16, depth=4, num_heads=2, mlp_hidden=32, img_size=(224, 224))
+    base.update(kw)
+    return ArchSpec(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# RadioBlock
+
+
+def test_global_block_is_timm_block():
+    blk = _randomize(RadioBlock(16, 2, window_size=0, num_prefix_tokens=3).double())
+    x = torch.randn(2, 3 + 12, 16, dtype=torch.float64)
+    assert torch.equal(blk(x, (3, 4)), Block.forward(blk, x)) and torch.equal(blk(x), Block.forward(blk, x))
+    assert blk.extra_repr() == ""
+
+
+def test_windowed_block_attends_within_each_window_and_passes_prefix_through():
+    s, (h, w), ws = 3, (4, 6), 2
+    blk = _randomize(RadioBlock(16, 2, window_size=ws, num_prefix_tokens=s).double(), 1)
+    x = torch.randn(2, s + h * w, 16, dtype=torch.float64)
+    y = blk(x, (h, w))
+    assert y.shape == x.shape and torch.equal(y[:, :s], x[:, :s])
+    for wy in range(h // ws):
+        for wx in range(w // ws):  # every window on its own, through the plain block
+            idx = [s + (wy * ws + i) * w + (wx * ws + j) for i in range(ws) for j in range(ws)]
+            torch.testing.assert_close(y[:, idx], Block.forward(blk, x[:, idx]))
+    assert blk.extra_repr() == "window_size=2"
+    with pytest.raises(ValueError, match=r"needs the patch grid size \(grid_hw\)"):
+        blk(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# RadioViT construction
+
+
+def test_windowed_and_global_blocks_are_chosen_at_construction():
+    with torch.device("meta"):
+        vit = RadioViT(_spec(depth=6), cpe_max_size=32, num_cls_tokens=2, num_registers=2, window_size=3,
+                       global_blocks=[2, 5])
+        plain = RadioViT(_spec(depth=6), cpe_max_size=32, num_cls_tokens=2, num_registers=2)
+    assert [b.window_size for b in vit.blocks] == [3, 3, 0, 3, 3, 0]
+    assert [b.window_size for b in plain.blocks] == [0] * 6
+    assert {b.num_prefix_tokens for b in vit.blocks} == {4} and vit.num_prefix_tokens == 4
+    assert isinstance(plain.norm, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("kw,norm_type,mlp_type", [
+    ({}, torch.nn.LayerNorm, Mlp),
+    ({"block_norm": "dyt"}, DyT, Mlp),
+    ({"scaled_ln": True}, ScaledLayerNorm, Mlp),
+    ({"mlp_norm": True}, torch.nn.LayerNorm, NormMlp),
+    ({"mlp_kind": "swiglu", "family": "dinov2", "embed_bias": True}, torch.nn.LayerNorm, SwiGLU),
+])
+def test_block_layers_follow_the_spec(kw, norm_type, mlp_type):
+    with torch.device("meta"):
+        vit = RadioViT(_spec(**kw), cpe_max_size=32, num_cls_tokens=1, num_registers=0, final_norm=True)
+    for j, blk in enumerate(vit.blocks):
+        assert type(blk.norm1) is norm_type and type(blk.mlp) is mlp_type
+        if norm_type is torch.nn.LayerNorm:
+            assert blk.norm1.eps == 1e-6
+        if norm_type is ScaledLayerNorm:
+            assert blk.norm1.depth_index == blk.norm2.depth_index == j
+    assert isinstance(vit.norm, torch.nn.LayerNorm) and vit.norm.eps == 1e-6
+    assert (vit.patch_generator.embedder.bias is not None) == bool(kw.get("embed_bias"))
+
+
+def test_mlp_hidden_and_cpe_mode_come_from_the_spec():
+    with torch.device("meta"):
+        so400m = RadioViT(_spec(embed_dim=1152, num_heads=16, depth=1, mlp_hidden=4304), 64, 1, 0)
+        crop = RadioViT(_spec(img_size=(32, 32)), cpe_max_size=32, num_cls_tokens=1, num_registers=0)
+        resize = RadioViT(_spec(img_size=(224, 224)), cpe_max_size=32, num_cls_tokens=1, num_registers=0)
+        dino = RadioViT(_spec(img_size=(32, 32), family="dinov2"), cpe_max_size=32, num_cls_tokens=1, num_registers=0)
+    assert so400m.blocks[0].mlp.fc1.out_features == 4304  # 1152 * (4304/1152) must not round down
+    assert crop.patch_generator.cpe_mode is False and resize.patch_generator.cpe_mode is True
+    assert dino.patch_generator.cpe_mode is True and crop.patch_generator.grid_size == 8
+
+
+def test_iter_blocks_yields_every_block_and_stops_early():
+    vit = _randomize(RadioViT(_spec(depth=3), cpe_max_size=32, num_cls_tokens=1, num_registers=1, final_norm=True))
+    x = torch.randn(1, 3, 8, 12)
+    with torch.no_grad():
+        steps = list(vit.iter_blocks(x))
+        early = list(vit.iter_blocks(x, stop=1))
+        tokens = vit.patch_generator(x)
+        expected = []
+        for blk in vit.blocks:
+            tokens = blk(tokens, (2, 3))
+            expected.append(tokens)
+        out = vit(x)
+    assert [i for i, _ in steps] == [0, 1, 2] and [i for i, _ in early] == [0, 1]
+    for (_, got), ref in zip(steps, expected):
+        assert torch.equal(got, ref)
+    assert torch.equal(out, vit.norm(expected[-1])) and vit.grid_size(x) == (2, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture variants of whole checkpoints against the reference
+
+ARCH_VARIANTS = {
     "base": {},
     "layerscale_gamma": dict(layerscale="gamma"),
     "layerscale_grandma": dict(layerscale="grandma"),
@@ -28,36 +141,16 @@ VARIANTS = {
     "dyt": dict(model="vit_large_dyt_patch16_224"),
     "patch14": dict(model="vit_huge_patch14_224", cpe_max_size=98),
     "bigG_patch14": dict(model="vit_bigG_patch14_224", cpe_max_size=70),
-    "spectral_true": dict(spectral_reparam=True),
-    "spectral_dict": dict(spectral_reparam={"n_power_iterations": 3, "eps": 1e-12}),
-    "damp": dict(damp=True),
-    "spectral_damp": dict(spectral_reparam=True, damp=True),
-    "ema": dict(ema=True, spectral_reparam=True, damp=True),
     "single_cls": dict(cls_token_per_teacher=False, register_multiple=4),
     "explicit_registers": dict(cpe_num_registers=3),
     "no_registers": dict(register_multiple=None),
-    "heads_by_name": dict(heads_keyed_by="name", prefix_wrappers=True),
-    "feature_normalizer": dict(feature_normalizer=True, intermediate_normalizer="per_layer"),
-    "float32_storage": dict(storage_dtype=torch.float32),
-    "bf16_storage": dict(storage_dtype=torch.bfloat16),
 }
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            path = tmp_path_factory.mktemp("ckpt") / f"{name}.pth.tar"
-            cache[name] = (make_checkpoint(path, **VARIANTS[name]), path)
-        return cache[name]
-    return get
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_forward_matches_reference(variant, written, images):
-    ck, path = written(variant)
+@pytest.mark.parametrize("variant", list(ARCH_VARIANTS))
+def test_forward_matches_reference(variant, tmp_path, images):
+    path = tmp_path / f"{variant}.pth.tar"
+    ck = make_checkpoint(path, **ARCH_VARIANTS[variant])
     model = radio_model(str(path), adaptor_names=ALL)
     assert not model.training
     ps = model.patch_size
@@ -70,79 +163,7 @@ def test_forward_matches_reference(variant, written, images):
         assert_outputs_close(out_nchw, ref_forward(ck.realized, ck.args, x, "NCHW", adaptor_names=ALL))
 
 
-@pytest.mark.parametrize("variant", ["base", "feature_normalizer", "model_norm", "single_cls"])
-@pytest.mark.parametrize("aggregation,scheme", [("sparse", "post-alpha"), ("dense", "post-alpha"),
-                                                ("dense", "pre-alpha"), ("dense", "none")])
-def test_forward_intermediates_match_reference(variant, aggregation, scheme, written, images):
-    ck, path = written(variant)
-    model = radio_model(str(path))
-    x = images(2, 64, 48)
-    kw = dict(indices=[0, -1], aggregation=aggregation, norm_alpha_scheme=scheme, output_fmt="NLC",
-              return_prefix_tokens=True)
-    with torch.no_grad():
-        final, inter = model.forward_intermediates(x, **kw)
-    ref_final, ref_inter = ref_forward_intermediates(ck.realized, ck.args, x, **kw)
-    assert_outputs_close(final, ref_final)
-    assert len(inter) == len(ref_inter) == 2
-    for a, b in zip(inter, ref_inter):
-        assert_outputs_close(a, b)
-
-
-def test_bfloat16_checkpoint_dtype_flow(tmp_path, images):
-    ck = make_checkpoint(tmp_path / "bf16.pth.tar", storage_dtype=torch.bfloat16, args_dtype=torch.bfloat16,
-                         feature_normalizer=True)
-    model = radio_model(str(tmp_path / "bf16.pth.tar"), adaptor_names=["clip"])
-    assert model.model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
-    assert model.input_conditioner.norm_mean.dtype == torch.float32
-    assert model.feature_normalizer.tx.dtype == torch.bfloat16
-    assert next(model.adaptors["clip"].parameters()).dtype == torch.float32
-    x = images(2, 64, 64)
-    with torch.no_grad():
-        out = model(x)
-    ref = ref_forward(ck.realized, ck.args, x, adaptor_names=["clip"])
-    assert out["backbone"].features.dtype == torch.bfloat16
-    assert out["clip"].features.dtype == torch.float32
-    # adaptor features are rounded through the backbone dtype on the way out, summaries are not
-    assert torch.equal(out["clip"].features, out["clip"].features.bfloat16().float())
-    assert_outputs_close(out, ref, tol=1e-2)
-
-
-@pytest.mark.parametrize("head_kw", [
-    dict(mlp_version="v1"),
-    dict(mlp_version="v2", spatial_mlp_version="attn"),
-    dict(mlp_version="v2", fd_upsample_factor=2),
-    dict(mlp_version="v2", spatial_mlp_version="attn", fd_upsample_factor=2),
-    dict(mlp_version="v2", head_inner_blocks=3, spectral_heads=True),
-    dict(head_variants={"clip": {"mlp_version": "v1"}, "dino_v2": {"spatial_mlp_version": "v1"}}),
-])
-def test_adaptor_head_variants(head_kw, tmp_path, images):
-    ck = make_checkpoint(tmp_path / "h.pth.tar", **head_kw)
-    model = radio_model(str(tmp_path / "h.pth.tar"), adaptor_names=ALL)
-    x = images(2, 64, 32)
-    for fmt in ("NLC", "NCHW"):
-        with torch.no_grad():
-            out = model(x, feature_fmt=fmt)
-        assert_outputs_close(out, ref_forward(ck.realized, ck.args, x, fmt, adaptor_names=ALL))
-    u = head_kw.get("fd_upsample_factor") or 1
-    assert out["clip"].features.shape[-2:] == (4 * u, 2 * u)
-
-
-def test_token_slot_widens_summary_window(tmp_path, images):
-    teachers = [{"name": "clip", "type": "generic"}, {"name": "dino_v2", "type": "generic", "token_slot": 5},
-                {"name": "sam", "type": "generic", "use_summary": False, "token_slot": 1}]
-    ck = make_checkpoint(tmp_path / "slot.pth.tar", teachers=teachers)
-    model = radio_model(str(tmp_path / "slot.pth.tar"), adaptor_names=["dino_v2", "sam"])
-    assert model.model.num_cls_tokens == 3 and model.num_cls_tokens == 6
-    assert [a.head_idx for a in model.adaptors.values()] == [5, 1]
-    x = images(1, 32, 32)
-    with torch.no_grad():
-        out = model(x)
-    assert_outputs_close(out, ref_forward(ck.realized, ck.args, x, adaptor_names=["dino_v2", "sam"]))
-
-
 def test_vitdet_matches_reference_and_intermediates_agree(tmp_path, images, monkeypatch):
-    import dataclasses
-
     from radio.versions import VERSIONS
 
     for name in ("radio_v2", "radio_v2.5-b"):  # a tiny file under a release name: skip the size check
@@ -189,7 +210,6 @@ def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
     """dino_v2_*_student: keys under base_model.inner., embedder bias, final norm always applied,
     summary = token 0 for every use. The fixed full-size architecture is shrunk for the test."""
     import copy
-    import dataclasses
 
     import radio.architectures as archs
 
@@ -230,16 +250,3 @@ def test_global_pool_moves_final_norm_out_of_the_cpe_path(tmp_path, images):
     x = images(1, 32, 32)
     with torch.no_grad():
         assert_outputs_close(model(x), ref_forward(ck.realized, ck.args, x))
-
-
-def test_crop_only_position_table_when_img_size_equals_cpe_size(tmp_path, images):
-    """cpe_mode is off when timm's img_size equals the CPE size: the table is cropped, not resized
-    (and resized only where a side exceeds it)."""
-    kwargs = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64}
-    ck = make_checkpoint(tmp_path / "crop.pth.tar", cpe_max_size=64, extra_args={"model_kwargs": kwargs})
-    model = radio_model(str(tmp_path / "crop.pth.tar"))
-    assert model.model.patch_generator.cpe_mode is False
-    for h, w in [(32, 48), (64, 64), (96, 32)]:
-        x = images(1, h, w)
-        with torch.no_grad():
-            assert_outputs_close(model(x), ref_forward(ck.realized, ck.args, x))
