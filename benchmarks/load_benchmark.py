@@ -7,7 +7,13 @@ starts:
 * **ours**: ``torch.hub.load(<this repo>, 'radio_model', source='local', version=<file>)``
   (meta-device build, memory-mapped weights-only read, ``load_state_dict(assign=True)``);
 * **baseline**: the original's strategy rebuilt from the spec (``_baseline_loader.py``): full
-  ``torch.load`` into memory, float32 timm ViT with random init, copy, ``.to(args.dtype)``.
+  ``torch.load`` into memory, float32 timm ViT with random init, copy, ``.to(args.dtype)``;
+* **ours (HF dir)** (unless ``--no-hf``): the same checkpoint exported once, in a separate process,
+  as a layout-A Hugging Face directory (``radio.export.safetensors_export.export_safetensors`` of
+  the model loaded with every adaptor: ``config.json`` + ``model.safetensors``), then loaded with
+  ``torch.hub.load(<this repo>, 'radio_model', source='local', version=<dir>)`` (memory-mapped
+  safetensors, same meta-device build). Its memory is also reported against its own file size,
+  and the HF/``.pth.tar`` ratios of load time and peak memory are printed.
 
 Both are followed by one 224x224 forward under ``torch.no_grad()``. Memory is the peak resident
 set size (``VmHWM``, reset through ``/proc/self/clear_refs`` after the imports; cross-checked by a
@@ -20,6 +26,7 @@ Usage::
     python benchmarks/load_benchmark.py --quick         # ViT-B/16 smoke check
     python benchmarks/load_benchmark.py --adaptors      # also attach all adaptors, both sides
     python benchmarks/load_benchmark.py --workdir /big/disk --keep
+    python benchmarks/load_benchmark.py --no-hf         # skip the Hugging Face directory loader
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
                   head_hidden=1024, head_inner=1),
 }
 REGISTER_MULTIPLE = 8
+HF_LABEL = "ours (HF dir)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,6 +158,46 @@ def ensure_checkpoint(workdir: Path, name: str) -> Path:
     return path
 
 
+def _hf_files(directory: Path) -> List[Path]:
+    return sorted(directory.glob("*.safetensors"))
+
+
+def _hf_size(directory: Path) -> int:
+    """Bytes of the directory's weights (``*.safetensors``) plus ``config.json``."""
+    return sum(f.stat().st_size for f in _hf_files(directory)) + (directory / "config.json").stat().st_size
+
+
+def _export_hf(ckpt: str, out_dir: str) -> None:
+    """(child) Layout-A export of ``ckpt`` with every adaptor, through the package's exporter."""
+    sys.path.insert(0, str(REPO))
+    from radio import radio_model
+    from radio.export.safetensors_export import export_safetensors
+
+    names = [n for n, _ in TEACHERS]
+    model, checkpoint = radio_model(ckpt, adaptor_names=names, return_checkpoint=True, progress=False)
+    export_safetensors(model, checkpoint["args"], out_dir)
+
+
+def ensure_hf_directory(ckpt: Path) -> Path:
+    """The layout-A Hugging Face directory of ``ckpt`` beside it, exported once and then reused."""
+    out = ckpt.parent / (ckpt.name.split(".")[0] + "_hf")
+    if (out / "config.json").is_file() and _hf_files(out):
+        print(f"reusing {out} ({_hf_size(out) / 1e9:.2f} GB)")
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "export-hf", "--ckpt", str(ckpt),
+           "--out", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+    if proc.returncode != 0:
+        raise RuntimeError(f"Hugging Face export failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    os.replace(tmp, out)
+    print(f"wrote {out} ({_hf_size(out) / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Measurement (child process)
 
@@ -202,7 +250,7 @@ def _measure(kind: str, ckpt: str, adaptor_names: List[str], weight_init: Option
     import torch.hub  # noqa: F401
     import timm  # noqa: F401
 
-    if kind == "ours":
+    if kind in ("ours", "hf"):  # ckpt: the .pth.tar file, or the Hugging Face directory
         sys.path.insert(0, str(REPO))
         import radio  # noqa: F401
 
@@ -269,9 +317,10 @@ def _measure(kind: str, ckpt: str, adaptor_names: List[str], weight_init: Option
 
 
 def _warm_page_cache(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
+    for file in (_hf_files(path) + [path / "config.json"]) if path.is_dir() else [path]:
+        with open(file, "rb") as f:
+            while f.read(64 << 20):
+                pass
 
 
 def _run_child(kind: str, ckpt: Path, adaptor_names: List[str], weight_init: Optional[str],
@@ -292,7 +341,10 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def _summarize(rows: Dict[str, List[Dict[str, Any]]], size: int) -> Dict[str, Dict[str, float]]:
+def _summarize(rows: Dict[str, List[Dict[str, Any]]], size: int,
+               sizes: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, float]]:
+    """Medians per loader; ``x_file`` is the peak increase over that loader's file (``sizes[label]``,
+    default ``size``)."""
     out = {}
     for label, runs in rows.items():
         med = {k: statistics.median(r[k] for r in runs)
@@ -303,7 +355,8 @@ def _summarize(rows: Dict[str, List[Dict[str, Any]]], size: int) -> Dict[str, Di
         sampled = [r["peak_sampled"] for r in runs if r["peak_sampled"] is not None]
         med["peak_sampled"] = statistics.median(sampled) if sampled else float("nan")
         med["peak_ru"] = statistics.median(r["peak_ru_maxrss"] for r in runs)
-        med["x_file"] = med["peak_total"] / size
+        med["file_bytes"] = (sizes or {}).get(label, size)
+        med["x_file"] = med["peak_total"] / med["file_bytes"]
         out[label] = med
     return out
 
@@ -323,8 +376,16 @@ def _print_table(stats: Dict[str, Dict[str, float]], size: int, title: str, judg
     ours = stats["ours"]
     if not judge:
         print("(smoke check: the targets apply to the ViT-H/16 run)")
+    hf = stats.get(HF_LABEL)
+    if hf is not None:
+        print(f"HF directory vs .pth.tar: load {hf['load_s']:.2f} s vs {ours['load_s']:.2f} s "
+              f"({hf['load_s'] / ours['load_s']:.2f}x time, {hf['load_cpu_s'] / ours['load_cpu_s']:.2f}x CPU); "
+              f"peak +{_gb(hf['peak_total'])} vs +{_gb(ours['peak_total'])} "
+              f"({hf['peak_total'] / ours['peak_total']:.2f}x); during load alone +{_gb(hf['peak_load'])} vs "
+              f"+{_gb(ours['peak_load'])}; {hf['x_file']:.2f}x its own file ({_gb(hf['file_bytes'])}: "
+              f"backbone + all adaptor heads in float32) vs {ours['x_file']:.2f}x")
     for label, m in stats.items():
-        if label == "ours":
+        if label in ("ours", HF_LABEL):
             continue
         speedup = m["load_s"] / ours["load_s"]
         verdict = f" (target >= {SPEEDUP_TARGET:.0f}x: {'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'})"
@@ -350,13 +411,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "init still runs) and/or 'timm' (timm's trunc-normal init); repeatable")
     p.add_argument("--sample-ms", type=float, default=5.0, help="RSS sampling period (0 disables)")
     p.add_argument("--json", type=Path, default=None, help="also write all raw results to this file")
-    # internal: one measurement in this (fresh) process
-    p.add_argument("--child", choices=("ours", "baseline"), help=argparse.SUPPRESS)
+    p.add_argument("--no-hf", dest="hf", action="store_false",
+                   help="skip the Hugging Face directory loader (by default the checkpoint is also exported "
+                        "as a layout-A directory beside it and loaded from there)")
+    # internal: one measurement (or the export) in this (fresh) process
+    p.add_argument("--child", choices=("ours", "baseline", "hf", "export-hf"), help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--adaptor-names", default="", help=argparse.SUPPRESS)
     p.add_argument("--weight-init", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
+    if a.child == "export-hf":
+        _export_hf(a.ckpt, a.out)
+        return 0
     if a.child:
         names = [n for n in a.adaptor_names.split(",") if n]
         print(json.dumps(_measure(a.child, a.ckpt, names, a.weight_init, a.sample_ms)))
@@ -367,39 +435,46 @@ def main(argv: Optional[List[str]] = None) -> int:
     workdir = a.workdir or Path(tempfile.gettempdir()) / "radio_load_benchmark"
     workdir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(workdir).free
-    need = 0.3e9 if a.quick else 1.5e9
+    need = (0.3e9 if a.quick else 1.5e9) * (2 if a.hf else 1)
     if free < need and not any(workdir.glob(f"radio_{name}_*.pth.tar")):
         raise SystemExit(f"Only {_gb(free)} free in {workdir}; the checkpoint needs ~{_gb(need)}. "
                          "Pass --workdir on a disk with more room.")
     ckpt = ensure_checkpoint(workdir, name)
     size = ckpt.stat().st_size
+    hf_dir = ensure_hf_directory(ckpt) if a.hf else None
     inits = a.baseline_init or ["skip"]
     adaptor_names = [n for n, _ in TEACHERS] if a.adaptors else []
     # (label, child kind, timm weight_init passed to the baseline)
-    loaders = [("ours", "ours", None)] + [(f"baseline (init={i})", "baseline", "" if i == "timm" else "skip")
-                                          for i in inits]
+    hf_loader = [(HF_LABEL, "hf", None)] if hf_dir is not None else []
+    loaders = [("ours", "ours", None)] + hf_loader + [
+        (f"baseline (init={i})", "baseline", "" if i == "timm" else "skip") for i in inits]
     rows: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in loaders}
+    hf_size = _hf_size(hf_dir) if hf_dir is not None else 0
     try:
         for r in range(a.repeat):
             for label, kind, weight_init in loaders:
-                _warm_page_cache(ckpt)
-                res = _run_child(kind, ckpt, adaptor_names, weight_init, a.sample_ms)
+                source = hf_dir if kind == "hf" else ckpt
+                _warm_page_cache(source)
+                res = _run_child(kind, source, adaptor_names, weight_init, a.sample_ms)
                 rows[label].append(res)
+                file_size = hf_size if kind == "hf" else size
                 print(f"run {r + 1}/{a.repeat} {label:<22} load {res['load_s']:.2f} s (cpu {res['load_cpu_s']:.2f} s, "
                       f"loadavg {res['loadavg_1min']:.1f}), forward "
                       f"{res['forward_s']:.2f} s, peak +{_gb(res['peak_total'])} "
-                      f"({res['peak_total'] / size:.2f}x), out {res['summary_shape']} {res['out_dtype']}"
+                      f"({res['peak_total'] / file_size:.2f}x), out {res['summary_shape']} {res['out_dtype']}"
                       f"{'' if res['finite'] else ' NOT FINITE'}", flush=True)
     finally:
         if not a.keep:
             ckpt.unlink(missing_ok=True)
+            if hf_dir is not None:
+                shutil.rmtree(hf_dir, ignore_errors=True)
             if default_dir and not any(workdir.iterdir()):
                 workdir.rmdir()
-    stats = _summarize(rows, size)
+    stats = _summarize(rows, size, {HF_LABEL: hf_size} if hf_dir is not None else None)
     title = f"{CONFIGS[name]['model']} bf16{' + all adaptors' if a.adaptors else ''}"
     _print_table(stats, size, title, judge=not a.quick)
     if a.json:
-        a.json.write_text(json.dumps({"file_bytes": size, "config": name, "adaptors": a.adaptors,
+        a.json.write_text(json.dumps({"file_bytes": size, "hf_bytes": hf_size, "config": name, "adaptors": a.adaptors,
                                       "cpus": os.cpu_count(), "runs": rows, "medians": stats}, indent=1))
     return 0
 

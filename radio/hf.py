@@ -400,8 +400,13 @@ def _read_remote_code(path: Path, config: Dict[str, Any], raw: StateDict,
     if stored is not None:
         hub = remote_code_summary_idxs(args)
         if stored.tolist() != hub:
-            _logger.warning("%s: the stored summary_idxs %s differ from the hub rule %s (remote-code defect); "
-                            "the hub rule is used", path, stored.tolist(), hub)
+            from .eradio import is_eradio
+
+            # E-RADIO's summary is the mean of the neck features: the indices have no effect there
+            # (hf-format.md §5.1), and every exported E-RADIO repository differs, so no warning.
+            log = _logger.info if is_eradio(str(args.model)) else _logger.warning
+            log("%s: the stored summary_idxs %s differ from the hub rule %s (remote-code defect); "
+                "the hub rule is used", path, stored.tolist(), hub)
     release = _release(config.get("version"), repo_id)
     vitdet = config.get("vitdet_window_size")
     metadata = HFMetadata(

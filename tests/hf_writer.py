@@ -4,7 +4,8 @@ Built independently of the package's exporters, from what ``tests/ckpt_writer.ma
 says a correct loader must end up with (``WrittenCheckpoint.realized``), following
 ``shared/spec/hf-format.md``: layout A (remote code: ``config.json`` with ``args``, weights under
 ``radio_model.*``) and layout B (``transformers.RadioModel``: ``RadioConfig`` fields, on-disk or
-in-memory names). Also: sharding, a planted Python file that must never run, pickle-only weights.
+in-memory names), and layout A of E-RADIO checkpoints (``tests/eradio_writer.make_eradio_checkpoint``).
+Also: sharding, a planted Python file that must never run, pickle-only weights.
 This module does not import the ``radio`` package.
 """
 
@@ -109,6 +110,83 @@ def write_remote_code_repo(written: Any, out_dir: os.PathLike, *, adaptors: Opti
         "dtype": "float32", "feature_normalizer_config": feat_cfg, "inter_feature_normalizer_config": inter_cfg,
         "max_resolution": 2048, "patch_size": written.patch_size, "preferred_resolution": [512, 512],
         "transformers_version": "5.24.0", "version": version or "c-radio_v4-h", "vitdet_window_size": None,
+    }
+    config.update(extra or {})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if plant_code:
+        plant_python_files(out)
+    return out
+
+
+def write_eradio_remote_code_repo(written: Any, out_dir: os.PathLike, *,
+                                  adaptors: Optional[Sequence[str]] = None, version: Optional[str] = "e-radio_v2",
+                                  backbone_dtype: Optional[torch.dtype] = None, plant_code: bool = False,
+                                  extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Layout A of an E-RADIO ``WrittenERadioCheckpoint`` (``tests/eradio_writer.py``), hf-format.md §2-§3.
+
+    The backbone keys are the checkpoint's own E-RADIO keys below ``radio_model.model.`` (BatchNorm
+    buffers with ``num_batches_tracked``, the three position-bias buffers of every attention block,
+    the stale ``relative_bias`` cache included), minus the raw timm ``norm.*``/``head.*`` keys, which
+    the hub model does not own. Floating backbone tensors and the feature normalizer are in
+    ``args.dtype`` (or ``backbone_dtype``); integer buffers keep their dtype; the conditioner and the
+    adaptor heads are float32. ``adaptor_configs[name]['head_idx']`` is 0 (E-RADIO checkpoints have
+    ``cls_token_per_teacher`` false); ``radio_model.summary_idxs`` holds the remote-code value (every
+    ``use_summary`` teacher index), which a loader must ignore for E-RADIO (§5.1).
+
+    Args:
+        written: from ``make_eradio_checkpoint``.
+        adaptors: teacher names to include (default: every unique teacher name).
+        version: the ``version`` field (``e-radio_v2`` by default; its table metadata goes with it).
+        backbone_dtype: dtype of the floating backbone tensors (default ``args.dtype``).
+        plant_code: also write ``hf_model.py`` whose import writes :data:`MARKER`.
+        extra: further ``config.json`` fields (override).
+
+    Returns:
+        The directory.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = written.args
+    dtype = backbone_dtype or getattr(args, "dtype", torch.float32) or torch.float32
+    sd: Dict[str, torch.Tensor] = {}
+    for k, v in written.backbone.items():
+        if k.startswith(("norm.", "head.")):
+            continue
+        sd[f"radio_model.model.{k}"] = v.to(dtype) if v.is_floating_point() else v
+    for k, v in written.conditioner.items():
+        sd[f"radio_model.input_conditioner.{k}"] = v.float()
+    if written.feature_normalizer:
+        for k, v in written.feature_normalizer.items():
+            sd[f"radio_model.feature_normalizer.{k}"] = v.to(dtype)
+    teachers = list(args.teachers)
+    teacher_names = [t["name"] for t in teachers]
+    names = list(adaptors) if adaptors is not None else list(dict.fromkeys(teacher_names))
+    adaptor_configs = {}
+    for name in names:
+        index = teacher_names.index(name)
+        heads = written.heads[index]
+        for kind, part in (("summary", "head_mlp"), ("feature", "feat_mlp")):
+            for k, v in heads[kind].items():
+                sd[f"radio_model.adaptors.{name}.{part}.{k}"] = v.float()
+        feature = _sizes(heads["feature"])
+        feature.update(upsample_factor=teachers[index].get("fd_upsample_factor") or 1,
+                       upsample_rank=teachers[index].get("fd_upsample_rank"))
+        per_teacher = getattr(args, "cls_token_per_teacher", False)
+        adaptor_configs[name] = {"summary": _sizes(heads["summary"]), "feature": feature,
+                                 "head_idx": teachers[index].get("token_slot", index) if per_teacher else 0}
+    idxs = [i for i, t in enumerate(teachers) if t.get("use_summary", True)]
+    sd["radio_model.summary_idxs"] = torch.tensor(idxs, dtype=torch.int64)
+    feat_cfg = None
+    if written.feature_normalizer:
+        feat_cfg = {"embed_dim": written.feature_normalizer["mean"].shape[0]}
+    config = {
+        "adaptor_configs": adaptor_configs, "adaptor_names": None, "architectures": ["RADIOModel"],
+        "args": _args_json(args),
+        "auto_map": {"AutoConfig": "hf_model.RADIOConfig", "AutoModel": "hf_model.RADIOModel"},
+        "dtype": "float32", "feature_normalizer_config": feat_cfg, "inter_feature_normalizer_config": None,
+        "max_resolution": 2048, "patch_size": 16, "preferred_resolution": [512, 512],
+        "transformers_version": "5.24.0", "version": version, "vitdet_window_size": None,
     }
     config.update(extra or {})
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))

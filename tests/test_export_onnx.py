@@ -1,7 +1,9 @@
 """ONNX export (radio/export/onnx_export.py) checked with onnxruntime on tiny official-format checkpoints.
 
 Every comparison runs the exported file with onnxruntime (CPU) and compares it with the PyTorch
-model's own forward at the same input, with relative L2 error (the conformance rule).
+model's own forward at the same input, with relative L2 error (the conformance rule). E-RADIO
+files (fixed size, the attention window baked in) are also compared with the independent plain
+implementation in ``eradio_reference.py``.
 """
 
 import json
@@ -10,6 +12,9 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
+from eradio_reference import optimal_window_reference, reference_forward
+from eradio_writer import make_eradio_checkpoint
+from reference import ref_head
 
 from radio import radio_model
 
@@ -19,7 +24,8 @@ pytest.importorskip("onnxscript")
 
 from radio.export import onnx_export  # noqa: E402
 from radio.export.onnx_export import (FP32_TOLERANCE, OnnxVerificationError, export_onnx,  # noqa: E402
-                                      read_onnx_metadata, verify_onnx)
+                                      export_window_size, read_onnx_metadata, supports_dynamic_size,
+                                      verify_onnx)
 
 TEACHERS = [
     {"name": "clip", "type": "generic"},
@@ -99,6 +105,7 @@ def test_graph_names_and_dims(model, exported):
     assert shape[1] == 3 and all(isinstance(d, str) for d in (shape[0], shape[2], shape[3]))
     assert sess.get_inputs()[0].type == "tensor(float)"
     assert info.dynamic and info.opset == 18 and info.dtype == "float32"
+    assert info.window_size is None and info.export_size == (48, 32)  # traced at 3 x 2 steps
 
 
 def test_metadata(model, exported):
@@ -115,6 +122,7 @@ def test_metadata(model, exported):
     assert json.loads(meta["feature_upsample"]) == {"clip": 1, "sam": 2}
     assert meta["dtype"] == "float32" and meta["dynamic"] == "true" and meta["external_preprocessing"] == "false"
     assert meta["version"] == (model.version or "")
+    assert meta["backbone"] == "vit" and meta["eradio_window_size"] == ""
     torch.testing.assert_close(torch.tensor(json.loads(meta["norm_mean"])),
                                model.input_conditioner.norm_mean.flatten().float())
     torch.testing.assert_close(torch.tensor(json.loads(meta["norm_std"])),
@@ -231,6 +239,126 @@ def test_adaptor_names_string_is_rejected(model, tmp_path):
 
 def test_size_dependent_backbone_needs_fixed_size(model, tmp_path, monkeypatch):
     # A backbone whose structure depends on the input size (E-RADIO) cannot be dynamic.
-    monkeypatch.setattr(onnx_export, "_supports_dynamic_size", lambda m: False)
-    with pytest.raises(ValueError, match="dynamic=False and example_size"):
+    monkeypatch.setattr(onnx_export, "supports_dynamic_size", lambda m: False)
+    with pytest.raises(ValueError, match="dynamic=False and example_size.*--fixed-size HxW"):
         export_onnx(model, tmp_path / "x.onnx")
+
+
+# ------------------------------------------------------------------------------------------------
+# E-RADIO: fixed size, the window the model would use at that size
+# (one export here, under the 'auto' policy; tests/tools/test_export_cmd.py exports under 'fixed')
+
+ERADIO_KW = {"return_full_features": True, "conv_groups_ratio": 1, "cpb_mlp_hidden": 64, "multi_query": True}
+ERADIO_ADAPTORS = ["clip", "sam"]
+ERADIO_SIZE = (128, 96)   # neck 8 x 6; shorter side 96 -> n = 3 -> optimal window 3
+ERADIO_WINDOW = 3         # under window_policy='auto' (the construction window, used by 'fixed', is 16)
+
+
+@pytest.fixture(scope="module")
+def eradio(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eradio") / "e.pth.tar"
+    written = make_eradio_checkpoint(path, "eradio_xxxtiny", dict(ERADIO_KW), feature_normalizer=True, seed=5)
+    model = radio_model(written.path, adaptor_names=ERADIO_ADAPTORS)
+    model.window_policy = "auto"
+    return written, model
+
+
+@pytest.fixture(scope="module")
+def eradio_exported(eradio, tmp_path_factory):
+    _, model = eradio
+    path = tmp_path_factory.mktemp("onnx") / "eradio.onnx"
+    info = export_onnx(model, path, adaptor_names=ERADIO_ADAPTORS, dynamic=False, example_size=ERADIO_SIZE)
+    return info, _session(path)
+
+
+def _eradio_expected(written, x, window, names=()):
+    """Independent computation: plain E-RADIO reference -> token mean summary, normalized features, heads."""
+    xc = (x - written.conditioner["norm_mean"]) / written.conditioner["norm_std"]
+    neck = reference_forward(written.backbone, xc, window=window).neck
+    tokens = neck.flatten(2).transpose(1, 2)
+    summary = tokens.mean(dim=1)
+    fn = written.feature_normalizer
+    feats = (tokens - fn["mean"]) @ fn["tx"].T
+    flat = [summary, feats]
+    for name in names:
+        idx = next(i for i, t in enumerate(written.args.teachers) if t["name"] == name)
+        head = written.heads[idx]
+        flat += [ref_head("v2", head["summary"], summary), ref_head("v2", head["feature"], feats)]
+    return flat
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_eradio_fixed_size_matches_model_and_reference(eradio, eradio_exported, batch):
+    written, model = eradio
+    info, sess = eradio_exported
+    x = torch.rand(batch, 3, *ERADIO_SIZE, generator=torch.Generator().manual_seed(batch))
+    got = sess.run(list(info.output_names), {"image": x.numpy()})
+    with torch.no_grad():
+        from_model = _flat(model(x), ERADIO_ADAPTORS)
+    independent = _eradio_expected(written, x, ERADIO_WINDOW, ERADIO_ADAPTORS)
+    for name, a, b, c in zip(info.output_names, got, from_model, independent):
+        assert _rel(a, b) <= FP32_TOLERANCE, name
+        assert _rel(a, c) <= FP32_TOLERANCE, name
+    assert got[1].shape == (batch, 8 * 6, model.embed_dim)  # neck stride 16, NLC
+    assert got[0].shape == (batch, model.embed_dim)         # token mean, before the normalizer
+    construction = _eradio_expected(written, x, 16)
+    assert _rel(got[1], construction[1]) > 1e-3  # the window matters: the file did not use 16
+
+
+def test_eradio_file_is_fixed_size_with_dynamic_batch(eradio, eradio_exported):
+    _, model = eradio
+    info, sess = eradio_exported
+    assert isinstance(sess.get_inputs()[0].shape[0], str) and sess.get_inputs()[0].shape[1:] == [3, 128, 96]
+    assert not info.dynamic and info.export_size == ERADIO_SIZE and info.window_size == ERADIO_WINDOW
+    meta = read_onnx_metadata(info.path)
+    assert meta == info.metadata
+    assert (meta["backbone"], meta["eradio_window_size"], meta["export_size"], meta["dynamic"]) == \
+        ("eradio", "3", "128x96", "false")
+    assert (meta["patch_size"], meta["min_resolution_step"], meta["position_table_size"]) == ("16", "32", "")
+    assert meta["summary_dim"] == meta["feature_dim"] == str(model.embed_dim)
+    assert json.loads(meta["output_widths"])["sam.features"] == 16
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="Expected: 128"):
+        sess.run(None, {"image": torch.rand(1, 3, 96, 96).numpy()})
+
+
+def test_eradio_verify_at_the_export_size(eradio, eradio_exported):
+    _, model = eradio
+    info, _ = eradio_exported
+    errors = verify_onnx(model, info.path, batch=2)
+    assert set(errors) == {f"{n}@128x96" for n in info.output_names}
+    assert max(errors.values()) <= FP32_TOLERANCE
+    with pytest.raises(ValueError, match=r"fixed-size file \(128x96\).*64x64"):
+        verify_onnx(model, info.path, sizes=[(64, 64)])
+    model.window_policy = "fixed"  # now the model computes with its window 16, not the file's 3
+    try:
+        with pytest.raises(ValueError, match="attention window 3, but the model now uses 16.*change_window_size"):
+            verify_onnx(model, info.path)
+    finally:
+        model.window_policy = "auto"
+
+
+def test_export_window_size_follows_the_policy(eradio, model):
+    _, eradio_model = eradio
+    assert export_window_size(model, (64, 64)) is None  # ViT: no size-dependent window
+    assert [export_window_size(eradio_model, s) for s in [(128, 96), (512, 512), (64, 256), (480, 640)]] == \
+        [optimal_window_reference(d) for d in (96, 512, 64, 480)] == [3, 16, 2, 15]
+    eradio_model.window_policy = "fixed"
+    try:
+        assert export_window_size(eradio_model, (128, 96)) == 16  # the current (construction) window
+        eradio_model.change_window_size(5)
+        assert export_window_size(eradio_model, (128, 96)) == export_window_size(eradio_model, (512, 512)) == 5
+    finally:
+        eradio_model.change_window_size(16)
+        eradio_model.window_policy = "auto"
+
+
+def test_eradio_errors(eradio, tmp_path):
+    _, model = eradio
+    assert not supports_dynamic_size(model)
+    with pytest.raises(ValueError, match="E-RADIO cannot be exported with dynamic.*--fixed-size HxW"):
+        export_onnx(model, tmp_path / "x.onnx")  # dynamic=True is the default
+    with pytest.raises(ValueError, match="example_size=48x96 is not a positive multiple of min_resolution_step=32"):
+        export_onnx(model, tmp_path / "x.onnx", dynamic=False, example_size=(48, 96))
+    with pytest.raises(ValueError, match="Unknown adaptor 'dino_v2'.*clip"):
+        export_onnx(model, tmp_path / "x.onnx", dynamic=False, example_size=(64, 64), adaptor_names=["dino_v2"])
+    assert not (tmp_path / "x.onnx").exists()

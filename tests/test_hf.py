@@ -287,3 +287,145 @@ def test_resolve_hf_repository_offline_and_unreachable_errors(monkeypatch):
     with pytest.raises(WeightsUnavailableError, match="unreachable \\(cannot resolve example\\)"):
         download.resolve_hf_repository("nvidia/C-RADIOv3-B")
     assert seen == [True, True]  # the cache only: no retries against an unreachable Hub
+
+
+# ----------------------------------------------------------------------------------------------
+# E-RADIO layout-A repositories (hf-format.md §3, eradio.md §5)
+
+ERADIO_KW = {"return_full_features": True, "conv_groups_ratio": 1, "cpb_mlp_hidden": 64, "multi_query": True}
+ERADIO_NAMES = ["clip", "dino_v2", "sam"]
+
+
+@pytest.fixture(scope="module")
+def eradio(tmp_path_factory):
+    """An E-RADIO checkpoint (feature normalizer, raw timm norm/head keys, noisy stale bias caches),
+    the model loaded from it with every adaptor, and its layout-A repository (sharded, with code planted)."""
+    from eradio_writer import make_eradio_checkpoint
+    from radio import radio_model
+
+    from hf_writer import write_eradio_remote_code_repo
+
+    d = tmp_path_factory.mktemp("eradio_hf")
+    w = make_eradio_checkpoint(d / "e.pth.tar", "eradio_xxxtiny", dict(ERADIO_KW), feature_normalizer=True,
+                               seed=3, timm_extras=True)
+    repo = write_eradio_remote_code_repo(w, d / "repo", plant_code=True)
+    shard(repo, 2)
+    return w, repo, radio_model(w.path, adaptor_names=ERADIO_NAMES)
+
+
+def _eradio_outputs(model, x):
+    """Every output of the public API the issue names: NLC/NCHW with adaptors, and the pyramid."""
+    with torch.no_grad():
+        nlc = model(x)
+        nchw = model(x, feature_fmt="NCHW")
+        pyramid = model.forward_intermediates(x, output_fmt="NCHW", intermediates_only=True)
+        final, picked = model.forward_intermediates(x, indices=[1, -1], output_fmt="NLC")
+    return {"nlc": nlc, "nchw": nchw, "pyramid": pyramid, "final": final, "picked": picked}
+
+
+def test_eradio_remote_code_repo_state_dict_equals_official(eradio, caplog):
+    w, repo, _ = eradio
+    with caplog.at_level(logging.INFO, logger="radio.hf"):
+        got = read_hf_directory(repo)
+    assert got.layout == "remote_code" and got.args.model == "eradio_xxxtiny"
+    official = dict(load_checkpoint(w.path).state_dict)
+    # the hub model owns no timm norm/head: the repository has none, everything else is the file's
+    expected = {k: v for k, v in official.items()
+                if not k.startswith(("base_model.norm.", "base_model.head.", "_heads.", "_feature_projections."))}
+    non_head = {k: v for k, v in got.state_dict.items() if not k.startswith(("_heads.", "_feature_projections."))}
+    assert sorted(non_head) == sorted(expected)
+    for k, v in expected.items():
+        assert non_head[k].dtype == v.dtype and torch.equal(non_head[k], v), k
+    for i, name in enumerate(ERADIO_NAMES):
+        for group in ("_heads", "_feature_projections"):
+            ours = {k[len(f"{group}.{name}."):]: v for k, v in got.state_dict.items()
+                    if k.startswith(f"{group}.{name}.")}
+            theirs = {k[len(f"{group}.{i}."):]: v for k, v in official.items() if k.startswith(f"{group}.{i}.")}
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the remote-code summary_idxs [0, 1] has no effect on E-RADIO: noted, not warned about
+    assert "hub rule" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert got.metadata.version == "e-radio_v2" and got.metadata.preferred_resolution == (512, 512)
+
+
+def test_eradio_remote_code_repo_outputs_identical_to_pth(eradio, images):
+    w, repo, official = eradio
+    model = _build(repo, ERADIO_NAMES)
+    assert type(model.model) is type(official.model)
+    assert (model.version, model.max_resolution, tuple(model.preferred_resolution)) == ("e-radio_v2", 2048, (512, 512))
+    assert (model.patch_size, model.min_resolution_step, model.embed_dim) == (16, 32, official.embed_dim)
+    x = images(2, 64, 96)
+    a, b = _eradio_outputs(official, x), _eradio_outputs(model, x)
+    assert list(b["nlc"]) == ["backbone", *ERADIO_NAMES]
+    assert b["nchw"]["backbone"].features.shape == (2, official.embed_dim, 4, 6)
+    assert [m.shape[-1] for m in b["pyramid"]] == [96 // s for s in (4, 8, 16, 32, 16)]
+    flat_a, flat_b = all_tensors(a), all_tensors(b)
+    assert len(flat_a) == len(flat_b) == 2 * 4 * 2 + 5 + 2 * 4 + 2  # final: one RadioOutput per head
+    for ta, tb in zip(flat_a, flat_b):
+        assert ta.dtype == tb.dtype and torch.equal(ta, tb)
+    # the pyramid API agrees with the plain forward of the same model
+    assert_close_rel(b["final"]["backbone"].features, a["nlc"]["backbone"].features, 0.0)
+    assert_close_rel(b["picked"][0], b["pyramid"][1].flatten(2).transpose(1, 2), 0.0)
+    assert_close_rel(b["picked"][1], b["pyramid"][4].flatten(2).transpose(1, 2), 0.0)
+    from radio import radio_model
+
+    with pytest.raises(ValueError, match="ViTDet|E-RADIO"):
+        radio_model(str(repo), vitdet_window_size=4)
+    assert not (repo / MARKER).exists()
+
+
+def test_eradio_bf16_repository_matches_pth(tmp_path, images):
+    from eradio_writer import make_eradio_checkpoint
+    from radio import radio_model
+
+    from hf_writer import write_eradio_remote_code_repo
+
+    w = make_eradio_checkpoint(tmp_path / "bf.pth.tar", "eradio_xxxtiny", dict(ERADIO_KW), seed=4,
+                               dtype=torch.bfloat16, store_dtype=torch.float32)
+    repo = write_eradio_remote_code_repo(w, tmp_path / "repo", adaptors=["clip"])
+    got = read_hf_directory(repo)
+    assert got.args.dtype is torch.bfloat16
+    assert got.state_dict["base_model.levels.2.blocks.0.attention_blocks.0.attn.qkv.weight"].dtype is torch.bfloat16
+    x = images(1, 64, 64)
+    with torch.no_grad():
+        a, b = radio_model(w.path, adaptor_names="clip")(x), _build(repo, ["clip"])(x)
+    assert b["backbone"].features.dtype is torch.bfloat16
+    for ta, tb in zip(all_tensors(a), all_tensors(b)):
+        assert torch.equal(ta, tb)
+
+
+def test_eradio_safetensors_export_round_trip(eradio, tmp_path, images):
+    from safetensors.torch import load_file
+
+    from eradio_reference import _Ctx, position_bias
+    from radio import radio_model
+    from radio.export.safetensors_export import export_safetensors, verify_safetensors_export
+
+    w, _, official = eradio
+    _, checkpoint = radio_model(w.path, adaptor_names=ERADIO_NAMES, return_checkpoint=True)
+    out = export_safetensors(official, checkpoint["args"], tmp_path / "export", version="e-radio_v2")
+    sd = load_file(str(out / "model.safetensors"))
+    # hf-format.md §3: the E-RADIO backbone keys of the file, the three position-bias buffers of
+    # every attention block and the BatchNorm buffers included; no timm norm/head
+    backbone = {k[len("radio_model.model."):]: v for k, v in sd.items() if k.startswith("radio_model.model.")}
+    expected_keys = {k for k in w.backbone if not k.startswith(("norm.", "head."))}
+    assert set(backbone) == expected_keys
+    stale = [k for k in expected_keys if k.endswith(".relative_bias")]
+    assert len(stale) == 13 and any(k.endswith("num_batches_tracked") for k in backbone)
+    for k in expected_keys:
+        if k.endswith(".relative_bias"):
+            # not the stale noise of the file: the bias of the exported MLP (the original's deploy
+            # mode uses the stored buffer as is, eradio.md §8)
+            prefix = k[: -len(".relative_bias")]
+            ref = position_bias(_Ctx(w.backbone, False), prefix, 16).unsqueeze(0)
+            assert_close_rel(backbone[k], ref, 1e-6)
+            assert not torch.allclose(backbone[k], w.backbone[k])
+        else:
+            assert backbone[k].dtype == w.backbone[k].dtype and torch.equal(backbone[k], w.backbone[k]), k
+    assert sd["radio_model.summary_idxs"].tolist() == [0]
+    # loads back to identical outputs, adaptors and pyramid included
+    model = _build(out, ERADIO_NAMES)
+    x = images(1, 96, 64)
+    for ta, tb in zip(all_tensors(_eradio_outputs(official, x)), all_tensors(_eradio_outputs(model, x))):
+        assert torch.equal(ta, tb)
+    errors = verify_safetensors_export(official, out)
+    assert len(errors) == 2 * 2 * 4 and set(errors.values()) == {0.0}

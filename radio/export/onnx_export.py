@@ -1,4 +1,4 @@
-"""ONNX export of a RADIO model: one file with dynamic batch, height and width, checked with onnxruntime.
+"""ONNX export of a RADIO model to one file (dynamic batch; ViTs: dynamic H and W), checked with onnxruntime.
 
 The graph is a small wrapper (:class:`_OnnxGraph`) around the model's parts: the input conditioner
 (unless preprocessing is external), the backbone (conditioned image -> tokens), the summary /
@@ -8,14 +8,21 @@ dynamo=True)``) with derived dimensions ``H = step * gh``, ``W = step * gw`` so 
 the ViTDet windows and the CPE position table (bilinear resize to ``max(h, w)`` squared, then a
 top-left crop; spec model.md §3.4) are computed from the input shape at run time.
 
+E-RADIO chooses its attention window from the input size (spec eradio.md §7), so its graph
+differs per size: it is exported at one fixed ``(H, W)`` (the batch stays dynamic) with the window
+the model would use at that size (its current window under the ``'fixed'`` policy, the optimal
+window for that size under ``'auto'``), recorded in the metadata as ``eradio_window_size``.
+
 Graph contract (see ``docs/deployment.md``):
 
 * input ``image``: ``(B, 3, H, W)`` float32, RGB in ``[0, 1]`` (or already standardized with the
   ``norm_mean`` / ``norm_std`` of the metadata when exported with ``external_preprocessing``);
-* outputs ``summary`` ``(B, summary_dim)``, ``features`` ``(B, h*w, D)`` (NLC), and per adaptor
+* outputs ``summary`` ``(B, summary_dim)``, ``features`` ``(B, h*w, D)`` (NLC; E-RADIO: ``h, w`` of
+  its neck, ``H / stride``), and per adaptor
   ``<name>.summary`` ``(B, O)``, ``<name>.features`` ``(B, h*u*w*u, C)``; all in the export dtype;
 * metadata (``metadata_props``): patch size, minimum step, preferred and maximum resolution,
-  output widths, version, dtype, sizes and the conditioner statistics.
+  output widths, version, dtype, sizes, the backbone kind and E-RADIO window, and the conditioner
+  statistics.
 
 Requires the optional packages ``onnx``, ``onnxruntime`` and ``onnxscript`` (extra ``onnx``).
 """
@@ -37,7 +44,8 @@ if TYPE_CHECKING:
     from ..model import RADIOModel
 
 __all__ = ["OnnxExportInfo", "OnnxVerificationError", "export_onnx", "verify_onnx", "read_onnx_metadata",
-           "default_verify_sizes", "ONNX_DTYPES", "FP16_TOLERANCE", "FP32_TOLERANCE"]
+           "default_verify_sizes", "supports_dynamic_size", "default_fixed_size", "export_window_size",
+           "ONNX_DTYPES", "FP16_TOLERANCE", "FP32_TOLERANCE", "DEFAULT_OPSET"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ FP32_TOLERANCE = 1e-5
 FP16_TOLERANCE = 1e-2
 #: Lowest supported opset (LayerNormalization needs 17).
 MIN_OPSET = 17
+#: Default opset (what the exporter builds natively).
+DEFAULT_OPSET = 18
 #: Name of the graph input.
 INPUT_NAME = "image"
 #: Largest patch-token count ``verify_onnx`` uses by default (keeps CPU verification affordable).
@@ -72,6 +82,8 @@ class OnnxExportInfo:
         input_name: name of the image input.
         output_names: ``summary``, ``features``, then ``<adaptor>.summary``, ``<adaptor>.features``.
         dynamic: whether height and width are dynamic (the batch always is).
+        export_size: ``(H, W)`` traced; for a fixed-size file the only size it accepts.
+        window_size: E-RADIO's attention window baked into the file (``None`` for ViTs).
         opset: ONNX opset of the default domain.
         dtype: ``'float32'`` or ``'float16'`` (of the weights and outputs; the input is float32).
         metadata: the ``metadata_props`` written to the file.
@@ -81,6 +93,8 @@ class OnnxExportInfo:
     input_name: str
     output_names: Tuple[str, ...]
     dynamic: bool
+    export_size: Tuple[int, int]
+    window_size: Optional[int]
     opset: int
     dtype: str
     metadata: Dict[str, str]
@@ -104,20 +118,25 @@ class _OnnxGraph(nn.Module):
         adaptor_names: adaptors to export, in output order.
         external_preprocessing: leave the input conditioner out of the graph.
         dtype: computation and output dtype.
+        eradio_window: E-RADIO only: the attention window side used for every call (the graph is
+            traced at one fixed size, so one window); ``None`` for ViTs.
     """
 
     def __init__(self, model: "RADIOModel", adaptor_names: Sequence[str], external_preprocessing: bool,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, eradio_window: Optional[int] = None) -> None:
         super().__init__()
         self.radio = model
         self.adaptor_names = list(adaptor_names)
         self.external_preprocessing = external_preprocessing
         self.dtype = dtype
+        self.eradio_window = eradio_window
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         radio = self.radio
         x = image if self.external_preprocessing else radio.input_conditioner(image)
         x = x.to(self.dtype)
+        if self.eradio_window is not None:
+            return self._eradio(x)
         ps = radio.patch_size
         grid = (x.shape[-2] // ps, x.shape[-1] // ps)
         tokens = radio.model(x)  # B, S + h*w, D
@@ -126,6 +145,22 @@ class _OnnxGraph(nn.Module):
         outputs: List[torch.Tensor] = [summary, features]
         # as in RADIOModel: adaptors read float32 summary tokens (the export dtype for float16 files)
         summary_in = all_summary.to(torch.float32 if self.dtype == torch.float32 else self.dtype)
+        for name in self.adaptor_names:
+            out = radio.adaptors[name](summary_in, features, grid, "NLC")
+            outputs += [out.summary, out.features]
+        return tuple(t.to(self.dtype) for t in outputs)
+
+    def _eradio(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """E-RADIO: neck ``(B, F, h, w)`` -> tokens; summary = token mean before the normalizer (spec §6.2)."""
+        radio = self.radio
+        neck = radio.model(x, window_size=self.eradio_window)  # B, F, h, w
+        grid = (neck.shape[-2], neck.shape[-1])
+        tokens = neck.flatten(2).transpose(1, 2)  # B, h*w, F
+        summary = tokens.mean(dim=1)
+        features = radio.feature_normalizer(tokens)
+        outputs: List[torch.Tensor] = [summary, features]
+        # as in RADIOModel: every adaptor reads the float32 mean summary (the export dtype for float16 files)
+        summary_in = summary.to(torch.float32 if self.dtype == torch.float32 else self.dtype)
         for name in self.adaptor_names:
             out = radio.adaptors[name](summary_in, features, grid, "NLC")
             outputs += [out.summary, out.features]
@@ -156,10 +191,11 @@ def _check_options(model: "RADIOModel", adaptor_names: Sequence[str], opset: int
                              f"radio_model(..., adaptor_names=[{name!r}]) or pick one of the loaded adaptors.")
     if len(set(adaptor_names)) != len(adaptor_names):
         raise ValueError(f"adaptor_names lists an adaptor twice: {list(adaptor_names)}; name each adaptor once.")
-    if not _supports_dynamic_size(model) and dynamic:
+    if not supports_dynamic_size(model) and dynamic:
         raise ValueError(
-            f"{type(model.model).__name__} backbones cannot be exported with dynamic height/width (their "
-            "structure depends on the input size); pass dynamic=False and example_size=(H, W) for a fixed-size file."
+            f"{_backbone_name(model)} cannot be exported with dynamic height/width: {_size_dependence(model)}, so "
+            "the graph differs per size. Export one fixed size: pass dynamic=False and "
+            "example_size=(H, W) (command line: --fixed-size HxW); a file then accepts only that size (any batch)."
         )
     if example_size is not None:
         if len(example_size) != 2:
@@ -172,21 +208,86 @@ def _check_options(model: "RADIOModel", adaptor_names: Sequence[str], opset: int
                              f"use e.g. {nearest.height}x{nearest.width}.")
 
 
-def _supports_dynamic_size(model: "RADIOModel") -> bool:
-    """Whether the backbone's graph is the same for every input size (the CPE ViT family).
+def supports_dynamic_size(model: "RADIOModel") -> bool:
+    """Whether ``model`` can be exported with dynamic height and width.
 
-    Backbones whose structure is chosen from the input size (E-RADIO's window size) must be
-    exported at a fixed size.
+    True for the CPE ViT family, whose graph is the same for every input size. E-RADIO chooses
+    its attention window from the input size, so it is exported at a fixed size.
+
+    Args:
+        model: a loaded ``RADIOModel``.
+
+    Returns:
+        Whether ``export_onnx(model, ..., dynamic=True)`` is possible.
     """
     from ..backbone import RadioViT
 
     return isinstance(model.model, RadioViT)
 
 
+def _is_eradio(model: "RADIOModel") -> bool:
+    from ..eradio import ERadioBackbone
+
+    return isinstance(model.model, ERadioBackbone)
+
+
+def _backbone_name(model: "RADIOModel") -> str:
+    return "E-RADIO" if _is_eradio(model) else f"The {type(model.model).__name__} backbone"
+
+
+def _size_dependence(model: "RADIOModel") -> str:
+    if _is_eradio(model):
+        return "its attention window is chosen from the input size"
+    return "its structure depends on the input size"
+
+
+def default_fixed_size(model: "RADIOModel") -> Optional[Tuple[int, int]]:
+    """The size of a fixed-size export when none is given: the preferred resolution, if known.
+
+    Args:
+        model: a loaded ``RADIOModel``.
+
+    Returns:
+        ``(H, W)`` (rounded to a supported size), or ``None`` when the model states no preferred
+        resolution (a file loaded without a release name).
+    """
+    pref = model.preferred_resolution
+    if pref is None:
+        return None
+    res = model.get_nearest_supported_resolution(*pref)
+    return int(res.height), int(res.width)
+
+
+def export_window_size(model: "RADIOModel", size: Tuple[int, int]) -> Optional[int]:
+    """E-RADIO's attention window for an input of ``size``: the one the model's forward would use.
+
+    Under ``model.window_policy == 'fixed'`` that is the backbone's current window (set by
+    ``change_window_size`` / ``set_optimal_window_size``; the backbone's own ``'optimal'`` policy
+    is followed too); under ``'auto'`` the optimal window for ``size`` (spec eradio.md §7.1).
+
+    Args:
+        model: a loaded ``RADIOModel``.
+        size: ``(H, W)`` in pixels.
+
+    Returns:
+        The window side, or ``None`` for a ViT (no size-dependent window).
+    """
+    if not _is_eradio(model):
+        return None
+    from ..eradio import optimal_window_size
+
+    backbone = model.model
+    if model.window_policy == "auto" or getattr(backbone, "window_policy", "fixed") == "optimal":
+        return optimal_window_size(tuple(int(v) for v in size))
+    return int(backbone.window_size)
+
+
 def _default_example_size(model: "RADIOModel", dynamic: bool) -> Tuple[int, int]:
     step = model.min_resolution_step
-    if not dynamic and model.preferred_resolution is not None:
-        return model.get_nearest_supported_resolution(*model.preferred_resolution)
+    if not dynamic:
+        fixed = default_fixed_size(model)
+        if fixed is not None:
+            return fixed
     # Small and non-square, neither side 1 patch (torch.export specializes sizes 0 and 1) and not
     # the table size, so nothing in the trace can collapse onto a special case.
     return 3 * step, 2 * step
@@ -221,6 +322,8 @@ def _metadata(model: "RADIOModel", info: Dict[str, object],
         "max_resolution": model.max_resolution if model.max_resolution is not None else "",
         "position_table_size": _position_table_px(model) or "",
         "vitdet_window_size": model.window_size or "",
+        "backbone": "eradio" if _is_eradio(model) else "vit",
+        "eradio_window_size": info["window"] if info["window"] is not None else "",
         "summary_dim": outputs[0].shape[-1],
         "feature_dim": outputs[1].shape[-1],
         "adaptors": json.dumps(list(info["adaptor_names"])),  # type: ignore[arg-type]
@@ -299,7 +402,8 @@ def _dynamic_shapes(step: int, dynamic: bool) -> Dict[str, Dict[int, object]]:
     return {"image": shapes}
 
 
-def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: Sequence[str] = (), opset: int = 18,
+def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: Sequence[str] = (),
+                opset: int = DEFAULT_OPSET,
                 dtype: str = "float32", external_preprocessing: bool = False,
                 example_size: Optional[Tuple[int, int]] = None, dynamic: bool = True,
                 verify: bool = False) -> OnnxExportInfo:
@@ -316,9 +420,11 @@ def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: S
         external_preprocessing: leave the input conditioner out of the graph; the input must then
             be ``(x - norm_mean) / norm_std`` (values in the metadata).
         example_size: ``(H, W)`` traced; with ``dynamic=False`` the only size the file accepts.
-            Default: a small non-square size when dynamic, else the preferred resolution.
+            Default: a small non-square size when dynamic, else the preferred resolution (else
+            ``3 * step x 2 * step``).
         dynamic: dynamic height and width (any multiple of ``min_resolution_step``). The batch is
-            always dynamic.
+            always dynamic. E-RADIO needs ``dynamic=False``: it is exported at ``example_size``
+            with the window :func:`export_window_size` gives for that size.
         verify: run :func:`verify_onnx` at the default sizes and raise if it fails.
 
     Returns:
@@ -326,7 +432,7 @@ def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: S
 
     Raises:
         ValueError: bad ``dtype`` / ``opset`` / ``example_size``, unknown adaptor, or a model that
-            cannot be exported with dynamic sizes.
+            cannot be exported with dynamic sizes (E-RADIO with ``dynamic=True``).
         OnnxVerificationError: with ``verify=True``, onnxruntime disagrees with the model.
     """
     adaptor_names = list(adaptor_names) if not isinstance(adaptor_names, str) else adaptor_names
@@ -340,15 +446,17 @@ def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: S
     path = Path(path)
     torch_dtype = ONNX_DTYPES[dtype]
     size = tuple(int(v) for v in example_size) if example_size is not None else _default_example_size(model, dynamic)
+    window = export_window_size(model, size)
     source = _cast_parts(model, torch_dtype, adaptor_names)
-    graph = _OnnxGraph(source, adaptor_names, external_preprocessing, torch_dtype)
+    graph = _OnnxGraph(source, adaptor_names, external_preprocessing, torch_dtype, eradio_window=window)
     names = _output_names(adaptor_names)
     device = next(source.parameters()).device
     example = torch.rand(2, 3, *size, device=device)
     with _eval_mode(graph), torch.no_grad():
         outputs = graph(example)
-        _logger.info("exporting %s (%s, opset %d, %s sizes, traced at %dx%d)", type(model.model).__name__, dtype,
-                     opset, "dynamic" if dynamic else "fixed", *size)
+        _logger.info("exporting %s (%s, opset %d, %s sizes, traced at %dx%d%s)", type(model.model).__name__, dtype,
+                     opset, "dynamic" if dynamic else "fixed", *size,
+                     f", attention window {window}" if window is not None else "")
         program = torch.onnx.export(
             graph, (example,), dynamo=True, dynamic_shapes=_dynamic_shapes(model.min_resolution_step, dynamic),
             input_names=[INPUT_NAME], output_names=list(names), opset_version=opset, optimize=True,
@@ -356,7 +464,7 @@ def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: S
     if program is None:  # only the legacy exporter returns None
         raise RuntimeError("torch.onnx.export returned no program; torch >= 2.6 with dynamo=True is required.")
     meta = _metadata(model, dict(adaptor_names=adaptor_names, dtype=dtype, dynamic=dynamic, example_size=size,
-                                        external_preprocessing=external_preprocessing), outputs, names)
+                                 external_preprocessing=external_preprocessing, window=window), outputs, names)
     program.model.metadata_props.update(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
@@ -366,6 +474,7 @@ def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: S
         _logger.info("weights take %.2f GB: writing them to %s.data", weight_bytes / 1e9, path.name)
     program.save(str(path), external_data=external)
     info = OnnxExportInfo(path=path, input_name=INPUT_NAME, output_names=names, dynamic=dynamic,
+                          export_size=(size[0], size[1]), window_size=window,
                           opset=_default_opset(program, opset), dtype=dtype, metadata=meta)
     if verify:
         verify_onnx(model, path)
@@ -405,6 +514,25 @@ def default_verify_sizes(model: "RADIOModel", metadata: Optional[Dict[str, str]]
     return sizes
 
 
+def _check_verify_sizes(model: "RADIOModel", path: Union[str, Path], meta: Dict[str, str],
+                        sizes: Sequence[Tuple[int, int]]) -> None:
+    """Refuse sizes a fixed-size file cannot take, and an E-RADIO window that changed since the export."""
+    if meta.get("dynamic") != "false":
+        return
+    fixed = meta.get("export_size", "")
+    for h, w in sizes:
+        if f"{h}x{w}" != fixed:
+            raise ValueError(f"{path} is a fixed-size file ({fixed}); it cannot be checked at {h}x{w}. "
+                             f"Pass sizes=None (its export size) or export with the size you need.")
+    recorded = meta.get("eradio_window_size", "")
+    if recorded:
+        now = export_window_size(model, (sizes[0][0], sizes[0][1])) if sizes else None
+        if now is not None and now != int(recorded):
+            raise ValueError(f"{path} was exported with the E-RADIO attention window {recorded}, but the model "
+                             f"now uses {now} at {fixed} (window_policy={model.window_policy!r}); restore it "
+                             f"(model.change_window_size({recorded})) or export the file again.")
+
+
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, b = actual.double(), expected.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -430,6 +558,8 @@ def verify_onnx(model: "RADIOModel", path: Union[str, Path], sizes: Optional[Seq
 
     Raises:
         OnnxVerificationError: an output's error exceeds ``tol`` or its shape differs.
+        ValueError: a size other than the export size for a fixed-size file, or an E-RADIO model
+            that now uses another attention window than the one in the file.
     """
     import onnxruntime as ort
 
@@ -438,7 +568,8 @@ def verify_onnx(model: "RADIOModel", path: Union[str, Path], sizes: Optional[Seq
         tol = FP16_TOLERANCE if meta.get("dtype") == "float16" else FP32_TOLERANCE
     adaptor_names = json.loads(meta.get("adaptors", "[]"))
     external = meta.get("external_preprocessing") == "true"
-    sizes = list(sizes) if sizes is not None else default_verify_sizes(model, meta)
+    sizes = [(int(h), int(w)) for h, w in sizes] if sizes is not None else default_verify_sizes(model, meta)
+    _check_verify_sizes(model, path, meta, sizes)
     reference = _cast_parts(model, torch.float32, adaptor_names)
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -162,7 +162,46 @@ def _layout_a_state(model: nn.Module) -> Dict[str, torch.Tensor]:
                                  "inter_feature_normalizer.")):
             continue
         out["radio_model." + key] = value.detach().contiguous().cpu()
+    out.update(_eradio_bias_buffers(model))
     out["radio_model.summary_idxs"] = model.summary_idxs.detach().to(torch.int64).cpu().contiguous()
+    return out
+
+
+def _relative_position_index(window: int) -> torch.Tensor:
+    """``(w², w²)`` int64: ``(yq - yk + w - 1) * (2w - 1) + (xq - xk + w - 1)`` (eradio.md §3.11 step 4)."""
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = ys[:, None] - ys[None, :] + window - 1
+    dx = xs[:, None] - xs[None, :] + window - 1
+    return (dy * (2 * window - 1) + dx).contiguous()
+
+
+def _eradio_bias_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The two E-RADIO position-bias buffers the original owns and this package derives.
+
+    The original's position-bias module has three persistent buffers (eradio.md §3.11); this
+    package keeps only ``relative_coords_table`` and derives ``relative_position_index`` and the
+    bias cache. A layout-A repository has all three (hf-format.md §3), so they are written here:
+    the index table of the construction window ``p`` (int64 ``(p², p²)``) and, for
+    ``relative_bias`` ``(1, heads, p², p²)``, the bias of the exported MLP weights at ``p`` (what
+    the original's eval forward stores there), so that the original's deploy mode, which uses the
+    stored buffer as is (eradio.md §8), is correct too. Empty for ViT models.
+    """
+    from ..eradio import PosEmbMLPSwinv2D
+
+    backbone = getattr(model, "model", None)
+    if backbone is None:
+        return {}
+    out: Dict[str, torch.Tensor] = {}
+    for name, module in backbone.named_modules():
+        if not isinstance(module, PosEmbMLPSwinv2D):
+            continue
+        p = int(module.pretrained_window)
+        dtype = module.relative_coords_table.dtype
+        with torch.no_grad():
+            bias = module.compute_bias(p)
+        out[f"radio_model.model.{name}.relative_position_index"] = _relative_position_index(p)
+        out[f"radio_model.model.{name}.relative_bias"] = bias.detach().to(dtype).cpu().contiguous()
     return out
 
 

@@ -571,6 +571,89 @@ def _print_errors(errors: Dict[str, float], tol: float) -> bool:
     return ok
 
 
+#: ONNX option errors in the Python API's words -> the same in ``radio export``'s flags (regex, replacement).
+_ONNX_CLI_WORDS: Tuple[Tuple[str, str], ...] = (
+    (r"pass dynamic=False and example_size=\(H, W\) \(command line: --fixed-size HxW\)", "pass --fixed-size HxW"),
+    (r"\bexample_size=(\d+)x(\d+)", r"--fixed-size \1x\2"),
+    (r"\buse e\.g\. (\d+)x(\d+)", r"use e.g. --fixed-size \1x\2"),
+    (r"\bopset=(\S+) ", r"--opset \1 "),
+    (r"\buse opset >= (\d+)", r"use --opset \1 or higher"),
+    (r"Pass one of these names in `adaptor_names`", "Pass one of these names to --adaptor"),
+    (r"\badaptor_names lists", "--adaptor lists"),
+    (r"Pass vitdet_window_size=None", "Drop --vitdet-window-size"),
+    (r"\bpass vitdet_window_size=None", "drop --vitdet-window-size"),
+    (r"\bvitdet_window_size=(\d+)", r"--vitdet-window-size \1"),
+    (r"\bvitdet_window_size\b", "--vitdet-window-size"),
+)
+
+
+def _in_cli_words(error: BaseException) -> Tuple[str, bool]:
+    """``error``'s message with the Python option names replaced by ``radio export`` flags; whether any was."""
+    import re
+
+    text, changed = str(error), False
+    for pattern, flag in _ONNX_CLI_WORDS:
+        text, n = re.subn(pattern, flag, text)
+        changed = changed or n > 0
+    return text, changed
+
+
+def _parse_fixed_size(text: str) -> Tuple[int, int]:
+    """``--fixed-size HxW`` -> ``(H, W)``."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--fixed-size expects HxW in pixels, e.g. --fixed-size 512x512; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _export_onnx_file(args: argparse.Namespace, src: str, out: Path, adaptors: List[str]) -> int:
+    """``radio export SRC --to onnx OUT``: load, export (dynamic sizes, or one fixed size), optionally verify."""
+    from ..export import onnx_export
+
+    fixed = _parse_fixed_size(args.fixed_size) if args.fixed_size is not None else None
+    opset = onnx_export.DEFAULT_OPSET if args.opset is None else args.opset
+    if opset < onnx_export.MIN_OPSET:
+        raise UsageError(f"--opset {opset} is too old: the graph needs LayerNormalization (opset 17); use "
+                         f"--opset {onnx_export.MIN_OPSET} or higher (default {onnx_export.DEFAULT_OPSET})")
+    from ..factory import radio_model
+
+    try:
+        model = radio_model(src, adaptor_names=adaptors or None, vitdet_window_size=args.vitdet_window_size,
+                            progress=not args.no_progress)
+    except ValueError as e:
+        text, about_flags = _in_cli_words(e)
+        if about_flags:  # a flag the user gave does not fit this model
+            raise UsageError(text) from e
+        raise
+    if fixed is None and not onnx_export.supports_dynamic_size(model):
+        fixed = onnx_export.default_fixed_size(model)
+        if fixed is None:
+            raise UsageError(
+                "E-RADIO is exported at one fixed size (its attention window is chosen from the input size) and "
+                f"this checkpoint states no preferred resolution: pass --fixed-size HxW (multiples of "
+                f"{model.min_resolution_step}, e.g. --fixed-size 512x512)")
+        _logger.info("E-RADIO: exporting at the preferred resolution %dx%d (--fixed-size HxW for another size)",
+                     *fixed)
+    try:
+        info = onnx_export.export_onnx(model, out, adaptor_names=adaptors, opset=opset, dtype=args.dtype,
+                                       external_preprocessing=args.external_preprocessing,
+                                       example_size=fixed, dynamic=fixed is None)
+    except ValueError as e:
+        raise UsageError(_in_cli_words(e)[0]) from e
+    sizes = "dynamic height and width" if info.dynamic else "fixed size {}x{}".format(*info.export_size)
+    window = f", E-RADIO attention window {info.window_size}" if info.window_size is not None else ""
+    sys.stdout.write(f"wrote {info.path} (opset {info.opset}, {info.dtype}, {sizes}{window}, any batch; input: "
+                     f"{info.input_name}; outputs: {', '.join(info.output_names)})\n")
+    if not args.verify:
+        return 0
+    tol = onnx_export.FP32_TOLERANCE if args.dtype == "float32" else onnx_export.FP16_TOLERANCE
+    try:
+        errors = onnx_export.verify_onnx(model, info.path, tol=float("inf"))  # measure all; judged below
+    except onnx_export.OnnxVerificationError as e:  # an output of the wrong shape
+        raise RunError(f"--verify failed: {e}") from e
+    return 0 if _print_errors(errors, tol) else EXIT_FAILURE
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``radio export SRC --to safetensors|transformers|onnx OUT``: convert a model, optionally check parity."""
     src = args.src
@@ -587,8 +670,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to != "onnx" and adaptors:
         raise UsageError(f"--adaptor applies to --to onnx; --to {args.to} exports "
                          + ("every adaptor" if args.to == "safetensors" else "the backbone only"))
+    if args.to != "onnx":
+        for flag, value in (("--opset", args.opset), ("--fixed-size", args.fixed_size),
+                            ("--vitdet-window-size", args.vitdet_window_size)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --to onnx; --to {args.to} stores the weights (drop {flag})")
     import torch  # noqa: F401  (the model code below needs it; imported only now to keep --help fast)
 
+    if args.to == "onnx":
+        return _export_onnx_file(args, src, out, adaptors)
     from ..factory import radio_model
 
     if args.to == "safetensors":
@@ -597,23 +687,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         path, errors = export_safetensors_from(src, out, verify=args.verify)
         sys.stdout.write(f"wrote {path}\n")
         return 0 if not args.verify or _print_errors(errors, 1e-5) else EXIT_FAILURE
+    from ..export.transformers_export import export_transformers, verify_transformers_export
+
     model = radio_model(src, adaptor_names=adaptors or None, progress=not args.no_progress)
-    if args.to == "transformers":
-        from ..export.transformers_export import export_transformers, verify_transformers_export
-
-        path = export_transformers(model, out, drop_unsupported=args.drop_unsupported)
-        sys.stdout.write(f"wrote {path}\n")
-        if args.verify:
-            return 0 if _print_errors(verify_transformers_export(model, path), 1e-5) else EXIT_FAILURE
-        return 0
-    from ..export.onnx_export import export_onnx, verify_onnx
-
-    info = export_onnx(model, out, adaptor_names=adaptors, dtype=args.dtype,
-                       external_preprocessing=args.external_preprocessing)
-    sys.stdout.write(f"wrote {info.path} (inputs: {info.input_name}; outputs: {', '.join(info.output_names)})\n")
+    path = export_transformers(model, out, drop_unsupported=args.drop_unsupported)
+    sys.stdout.write(f"wrote {path}\n")
     if args.verify:
-        tol = 1e-5 if args.dtype == "float32" else 2e-2
-        return 0 if _print_errors(verify_onnx(model, info.path), tol) else EXIT_FAILURE
+        return 0 if _print_errors(verify_transformers_export(model, path), 1e-5) else EXIT_FAILURE
     return 0
 
 
@@ -745,7 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a RADIO model. safetensors: a pickle-free Hugging Face directory (config.json + "
                     "model.safetensors, adaptors and normalizers included) that this package loads back. "
                     "transformers: a directory transformers.RadioModel.from_pretrained loads (backbone only). "
-                    "onnx: one .onnx file with dynamic batch, height and width (ViTs). --verify checks the "
+                    "onnx: one .onnx file with dynamic batch, height and width (ViTs), or a dynamic batch at "
+                    "one fixed height and width (--fixed-size HxW; always for E-RADIO, whose attention window "
+                    "depends on the input size: default its preferred resolution). --verify checks the "
                     "result against this package's outputs and prints the relative errors.",
     )
     exp.add_argument("src", metavar="SRC", help="release name, Hugging Face repo id, checkpoint file or directory")
@@ -757,6 +839,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="onnx: weight dtype")
     exp.add_argument("--external-preprocessing", action="store_true",
                      help="onnx: leave the input standardization out of the graph (inputs already standardized)")
+    exp.add_argument("--opset", type=int, default=None, metavar="N",
+                     help="onnx: ONNX opset, at least 17 (default: 18)")
+    exp.add_argument("--fixed-size", default=None, metavar="HxW",
+                     help="onnx: export one fixed input size in pixels, e.g. 512x512 (the batch stays dynamic); "
+                          "default: dynamic sizes for ViTs, the preferred resolution for E-RADIO (its attention "
+                          "window is the one the model uses at that size)")
+    exp.add_argument("--vitdet-window-size", type=int, default=None, metavar="N",
+                     help="onnx: ViTDet windowed attention with N x N patch windows (sizes become multiples of "
+                          "patch_size * N)")
     exp.add_argument("--drop-unsupported", action="store_true",
                      help="transformers: drop adaptors/normalizers that transformers' RadioModel cannot hold "
                           "(with a warning) instead of refusing")
