@@ -1,59 +1,12 @@
-"""Shared fixtures: tiny official-format checkpoints (written by tests/ckpt_writer.py), no network."""
+"""Shared fixtures and test-session settings (no network); helper functions are in radio_test_utils.py."""
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-#: ``shared/`` beside the repository, as the developers' machines and CI lay it out.
-SHARED = Path(os.environ.get("RADIO_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
-CONFORMANCE_CASES = SHARED / "conformance" / "cases"
-
-
-def require_shared(path: Path) -> None:
-    """Skip when a fixture of ``../shared`` is absent, except in CI, where a missing fixture is a failure
-    (a check that silently never runs in CI is worse than none)."""
-    if path.exists():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{path} is missing: CI must run with ../shared beside the repository")
-    pytest.skip(f"{path} is not present")
-
-
-def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
-    """Same shape and dtype, and ``||a - b|| / ||b|| <= tol`` (the conformance rule)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    a, b = actual.detach().double(), expected.detach().double()
-    rel = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-    assert rel <= tol, f"relative error {rel:.3e} > {tol}"
-
-
-def all_tensors(obj) -> list:
-    """Every tensor of a nested output (dicts, lists, tuples, NamedTuples), in order."""
-    if torch.is_tensor(obj):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in all_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in all_tensors(v)]
-    return []
-
-
-def assert_outputs_close(actual, expected, tol: float = 1e-5) -> None:
-    """Compare RadioOutput / dict outputs field by field."""
-    if isinstance(expected, dict):
-        assert isinstance(actual, dict) and list(actual) == list(expected), (list(actual), list(expected))
-        for k in expected:
-            assert_outputs_close(actual[k], expected[k], tol)
-        return
-    assert hasattr(actual, "summary") and hasattr(actual, "features")
-    assert_close_rel(actual.summary, expected.summary, tol)
-    assert_close_rel(actual.features, expected.features, tol)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_outputs_close
+from radio_test_utils import assert_outputs_close
 from reference import ref_forward
 
 from radio import RadioOutput, radio_model

@@ -10,7 +10,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_close_rel, assert_outputs_close
+from radio_test_utils import assert_close_rel, assert_outputs_close
 from reference import ref_forward
 
 from radio import radio_model

@@ -22,7 +22,7 @@ from radio import radio_model
 from radio.outputs import RadioOutput
 
 from ckpt_writer import make_checkpoint  # tests/ is on sys.path under pytest
-from conftest import assert_close_rel
+from radio_test_utils import assert_close_rel
 
 ADAPTORS = ["clip", "sam"]
 H, W = 32, 48  # two by three patches of 16

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, require_shared
+from radio_test_utils import SHARED, require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = SHARED / "conformance" / "check.py"

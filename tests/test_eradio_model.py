@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from conftest import assert_close_rel
+from radio_test_utils import assert_close_rel
 from eradio_reference import reference_forward
 from eradio_writer import make_eradio_checkpoint
 from reference import ref_head

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from conftest import all_tensors, assert_close_rel
+from radio_test_utils import all_tensors, assert_close_rel
 from radio.export.safetensors_export import (export_safetensors, export_safetensors_from,
                                              relative_error)
 from radio.export.transformers_export import export_transformers, verify_transformers_export

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_outputs_close
+from radio_test_utils import assert_outputs_close
 from reference import ref_forward
 
 from radio import radio_model

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from conftest import all_tensors, assert_close_rel
+from radio_test_utils import all_tensors, assert_close_rel
 from hf_writer import MARKER, plant_python_files, shard, write_native_repo, write_remote_code_repo
 from radio.checkpoint import CheckpointError, load_checkpoint
 from radio.hf import is_hf_directory, read_hf_directory, repo_id_from_path

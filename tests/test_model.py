@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_close_rel, assert_outputs_close
+from radio_test_utils import assert_close_rel, assert_outputs_close
 from reference import ref_forward, ref_forward_intermediates
 
 from radio import RadioOutput, Resolution, radio_model

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ckpt_writer import make_checkpoint
-from conftest import assert_close_rel, assert_outputs_close
+from radio_test_utils import assert_close_rel, assert_outputs_close
 
 import radio
 from radio import PackedImages, pack_images, radio_model

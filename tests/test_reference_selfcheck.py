@@ -29,7 +29,7 @@ except ImportError:  # tests/ is a package
     from tests import ckpt_writer as W
     from tests import reference as R
 
-from conftest import CONFORMANCE_CASES, require_shared
+from radio_test_utils import CONFORMANCE_CASES, require_shared
 
 CONFORMANCE = str(CONFORMANCE_CASES)
 MANIFEST = os.path.join(CONFORMANCE, 'manifest.json')
