@@ -30,7 +30,7 @@ from tests.eradio_writer import make_eradio_checkpoint
 
 TINY = ['eradio_xxxtiny', 'eradio_xxxtiny_8x_ws12', 'eradio_xxxtiny_8x_ws16']
 LARGE = ['eradio_large_fullres_ws16', 'eradio']
-RUN_LARGE = bool(os.environ.get('RADIO_RUN_SLOW'))
+RUN_LARGE = bool(os.environ.get('RADIO_RUN_SLOW') or os.environ.get('CI'))  # every configuration runs in CI
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
 FIXTURE = SHARED / 'conformance' / 'cases'
 
