@@ -675,8 +675,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                             ("--vitdet-window-size", args.vitdet_window_size)):
             if value is not None:
                 raise UsageError(f"{flag} applies to --to onnx; --to {args.to} stores the weights (drop {flag})")
-    import torch  # noqa: F401  (the model code below needs it; imported only now to keep --help fast)
-
     if args.to == "onnx":
         return _export_onnx_file(args, src, out, adaptors)
     from ..factory import radio_model
