@@ -26,6 +26,8 @@ from .packed import Segments, make_segments, varlen_attention
 
 __all__ = ["RadioBlock", "RadioViT"]
 
+_CHUNK = 1024  # tokens per chunk of the packed MLP
+
 
 class RadioBlock(Block):
     """A timm ViT block that can attend within ViTDet windows.
@@ -88,7 +90,8 @@ class RadioBlock(Block):
                 pieces += [p[:, :s], window_unpartition(win, g, ws)]
             return torch.cat(pieces, dim=1)
         x = x + self.drop_path1(self.ls1(self._packed_attention(self.norm1(x), segments)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        # Token-wise tail in chunks: same numbers, but the activations stay in cache.
+        return torch.cat([c + self.drop_path2(self.ls2(self.mlp(self.norm2(c)))) for c in x.split(_CHUNK, dim=1)], dim=1)
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}" if self.window_size else ""
