@@ -1,4 +1,4 @@
-"""Teacher adaptors: summary and feature heads for one distillation teacher (spec adaptors.md).
+"""Teacher adaptors: summary and feature heads for one distillation teacher.
 
 An :class:`Adaptor` maps the backbone's output into one teacher's space: its summary head reads
 the summary token at ``head_idx`` (the teacher's token slot), its feature head maps every patch

@@ -74,7 +74,7 @@ def _vit(ps: int, d: int, depth: int, heads: int, **kw: Any) -> Dict[str, Any]:
 
 _V2_OPTS = dict(init_values=1e-5, reg_tokens=4, no_embed_class=True, img_size=518 * 16 // 14)
 
-#: Architectures the original registers besides timm's own (spec model.md §2.2).
+#: Architectures the original registers besides timm's own.
 RADIO_ARCHITECTURES: Dict[str, _Registered] = {
     "vit_tiny_patch14_224": _Registered(_vit(14, 192, 12, 3)),
     "vit_small_patch14_224": _Registered(_vit(14, 384, 12, 6)),
@@ -90,7 +90,7 @@ RADIO_ARCHITECTURES: Dict[str, _Registered] = {
     "vit_large_dyt_patch16_224": _Registered(_vit(16, 1024, 24, 16), {"block_norm": "dyt"}),
 }
 
-#: The DINOv2-wrapper family: fixed architectures, factory kwargs ignored (spec model.md §9.1).
+#: The DINOv2-wrapper family: fixed architectures, factory kwargs ignored.
 DINOV2_ARCHITECTURES: Dict[str, ArchSpec] = {
     "dino_v2_l_student": ArchSpec("dino_v2_l_student", 14, 1024, 24, 16, 4096, (518, 518), layerscale=True,
                                   embed_bias=True, family="dinov2"),

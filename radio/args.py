@@ -2,7 +2,7 @@
 
 Every rule that turns ``args`` into a number lives here exactly once: how many summary tokens and
 registers the backbone has, which summary tokens form the backbone summary, which token an adaptor
-reads, which head variants a teacher uses (spec checkpoint-format.md §3, model.md §3.6 / §6.2).
+reads, which head variants a teacher uses.
 ``args`` is never modified here; the edits the original makes to it at load time are gathered in
 :func:`args_as_loaded`, which only ``radio_model(..., return_checkpoint=True)`` uses.
 """
@@ -70,7 +70,7 @@ def _teacher(index: int, raw: Any, per_teacher: bool, args: argparse.Namespace) 
 
 
 def _factory_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """The timm factory keywords the original derives from ``args`` (spec model.md §2.1)."""
+    """The timm factory keywords the original derives from ``args``."""
     if getattr(args, "in_chans", None) is not None:
         in_chans = args.in_chans
     elif getattr(args, "input_size", None) is not None:
@@ -128,7 +128,7 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
     dtype = getattr(args, "dtype", torch.float32) or torch.float32
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"args.dtype must be a torch.dtype, got {dtype!r}")
-    # E-RADIO's final norm acts on a map the hub outputs never use (spec eradio.md §6.2).
+    # E-RADIO's final norm acts on a map the hub outputs never use.
     final_norm = not eradio and (arch.family == "dinov2" or (bool(getattr(args, "model_norm", False))
                                                              and arch.final_norm))
     cfg = RadioConfig(

@@ -3,7 +3,7 @@
 Built from timm's ``Block`` with every structural option given at construction (no surgery on a
 built timm model). ViTDet windowed attention is a per-block constructor option, as in SAM's image
 encoder: a windowed block attends within ``ws x ws`` windows of patch tokens while the prefix
-tokens (summary tokens and registers) wait unchanged for the next global block (spec vitdet.md).
+tokens (summary tokens and registers) wait unchanged for the next global block.
 """
 
 from __future__ import annotations

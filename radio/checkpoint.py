@@ -4,7 +4,7 @@ An official file is a ``torch.save`` archive holding a plain dict with ``args`` 
 ``argparse.Namespace`` with the training configuration), ``state_dict`` and, optionally,
 ``state_dict_ema``. It is read with the weights-only unpickler, memory-mapped, with exactly one extra
 allowed global (``argparse.Namespace``): no code stored in a file ever runs. What the stored tensors
-become is :mod:`radio.weights`' business (spec checkpoint-format.md).
+become is :mod:`radio.weights`' business.
 """
 
 from __future__ import annotations

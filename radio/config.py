@@ -234,7 +234,7 @@ def check_vitdet_window_size(window_size: Optional[int], release: ReleaseInfo) -
 
 
 def vitdet_global_blocks(depth: int, num_windowed: Optional[int] = None, num_global: Optional[int] = None) -> List[int]:
-    """Indices of the global blocks under ViTDet (spec vitdet.md §2); all others are windowed.
+    """Indices of the global blocks under ViTDet; all others are windowed.
 
     The blocks are walked in periods: in each, all but the last block are windowed; the last block
     of the network is always global.

@@ -1,6 +1,6 @@
 """E-RADIO backbone: the efficient hybrid (CNN + windowed attention) member of the RADIO family.
 
-A four-level network (spec ``eradio.md``): a strided convolutional stem, two convolutional levels
+A four-level network: a strided convolutional stem, two convolutional levels
 of YOLOv8-style CSP blocks (``C2f``), two levels of windowed attention with a continuous
 (Swin-v2 style) relative position bias, and a "high-resolution neck" that sums projections of the
 last levels into one dense feature map. References: RADIO (Ranzinger et al., "AM-RADIO:
@@ -8,11 +8,11 @@ Agglomerative Vision Foundation Model", CVPR 2024, https://arxiv.org/abs/2312.06
 FasterViT (https://arxiv.org/abs/2306.06189), Swin Transformer V2
 (https://arxiv.org/abs/2111.09883) and YOLOv8 (https://github.com/ultralytics/ultralytics).
 
-Written from the specification; attribute names follow the released checkpoint keys (spec §5), so
+Written from the specification; attribute names follow the released checkpoint keys, so
 ``load_state_dict`` works without remapping once :func:`filter_checkpoint_state_dict` has removed
 the stale caches that the original stores.
 
-Differences from the original, all deliberate (spec §10):
+Differences from the original, all deliberate:
 
 * In eval mode BatchNorm is folded into the preceding convolution lazily (computed once in
   float32, cast to the module dtype, cached and re-validated against the parameters' identity and
@@ -61,7 +61,7 @@ WindowArg = Union[int, Literal['optimal'], None]
 
 @dataclass(frozen=True)
 class ERadioSpec:
-    """Everything structural about an E-RADIO backbone (spec §2).
+    """Everything structural about an E-RADIO backbone.
 
     Attributes:
         name: registered architecture name (``args.model``), aliases resolved
@@ -84,10 +84,10 @@ class ERadioSpec:
         layer_scale: initial value of per-channel ``gamma1``/``gamma2`` (``None``: no layer scale).
         multi_query: one shared key/value head.
         downsample_shuffle: the between-level downsample is a quadrant split + 1x1 ``Conv2d_BN``.
-        use_shift: Swin-style cyclic window shift in the odd-numbered blocks of levels 2 and 3
-            (spec §3.13 step 3; the original's numerics for it are unverified).
+        use_shift: Swin-style cyclic window shift in the odd-numbered blocks of levels 2 and 3 (the
+            original's numerics for it are unverified).
         return_full_features: value found in ``model_kwargs`` (informational; the neck output is
-            always produced here, spec §10 #1).
+            always produced here; the original fails without it).
     """
 
     name: str
@@ -121,7 +121,7 @@ class ERadioSpec:
         return 2 ** (self.neck_start_stage + 2)
 
 
-# Hyperparameters fixed by each registered function (spec §2, §1.3): model_kwargs may repeat them
+# Hyperparameters fixed by each registered function: model_kwargs may repeat them
 # only with the same value. `settable` are constructor defaults that model_kwargs may change.
 _COMMON_FIXED: Dict[str, Any] = {
     'mlp_ratio': 4, 'use_swiglu': False, 'yolo_arch': True, 'shuffle_down': False,
@@ -153,7 +153,7 @@ _ALIASES: Dict[str, str] = {'eradio': 'eradio_large_fullres_ws16'}
 _SR_RATIOS: Tuple[Tuple[int, ...], ...] = ((1,), (1,), (2, 1), (1,))
 
 # Keyword arguments that are accepted and ignored: training-only rates, timm factory plumbing, and
-# constructor switches without effect on the hub outputs (spec §2, §1.3, §10 #2).
+# constructor switches without effect on the hub outputs.
 _IGNORED_KWARGS = frozenset({
     'drop_path_rate', 'drop_path', 'drop_rate', 'drop_block_rate', 'attn_drop_rate',
     'proj_drop_rate', 'weight_init', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir',
@@ -284,11 +284,11 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
 
 
 # ------------------------------------------------------------------------------------------------
-# Window rules (spec §7.1)
+# Window rules
 
 
 def optimal_window_size(image_hw: Union[int, Sequence[int]], max_window_size: int = 16) -> int:
-    """The window the original's ``set_optimal_window_size`` picks (spec §7.1).
+    """The window the original's ``set_optimal_window_size`` picks.
 
     ``d`` = the shorter side (or ``image_hw`` itself when it is a number), ``n = floor(d / 32)``,
     and the result is the largest divisor of ``n`` that is ``<= max_window_size``.
@@ -397,7 +397,7 @@ class _FoldedConvMixin:
 
 
 class Conv2dBN(_FoldedConvMixin, nn.Module):
-    """``Conv2d`` (no bias) -> ``BatchNorm2d`` -> optional activation (spec §3.2, §3.3).
+    """``Conv2d`` (no bias) -> ``BatchNorm2d`` -> optional activation.
 
     In eval mode the BatchNorm is folded into the convolution (cached); in training mode it is a
     plain BatchNorm that normalizes with batch statistics and updates its running statistics.
@@ -438,7 +438,7 @@ class Conv2dBN(_FoldedConvMixin, nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """``x + Conv3x3(Conv3x3(x))`` with SiLU convolutions (spec §3.4)."""
+    """``x + Conv3x3(Conv3x3(x))`` with SiLU convolutions."""
 
     def __init__(self, ch: int, device: Any = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
@@ -450,7 +450,7 @@ class Bottleneck(nn.Module):
 
 
 class C2f(nn.Module):
-    """YOLOv8 CSP block with ``n`` bottlenecks (spec §3.4)."""
+    """YOLOv8 CSP block with ``n`` bottlenecks."""
 
     def __init__(self, ch: int, n: int, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -473,7 +473,7 @@ class C2f(nn.Module):
 
 
 def _quadrant_split(x: Tensor, f: int) -> Tensor:
-    """The original's "pixel unshuffle" (spec §3.8): stacks the ``f x f`` quadrants.
+    """The original's "pixel unshuffle": stacks the ``f x f`` quadrants.
 
     ``(B, C, H, W) -> (B, C*f*f, H/f, W/f)``; channel ``c*f*f + a*f + b`` holds quadrant ``(a, b)``.
     """
@@ -483,7 +483,7 @@ def _quadrant_split(x: Tensor, f: int) -> Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Stem: two stride-2 ``Conv2d_BN`` + ReLU (spec §3.5); output stride 4."""
+    """Stem: two stride-2 ``Conv2d_BN`` + ReLU; output stride 4."""
 
     def __init__(self, in_dim: int, dim: int, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -500,7 +500,7 @@ class PatchEmbed(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Between-level downsample ``C -> 2C`` (spec §3.6, §3.8)."""
+    """Between-level downsample ``C -> 2C``."""
 
     def __init__(self, ch: int, shuffle: bool, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -522,7 +522,7 @@ class Downsample(nn.Module):
 
 @lru_cache(maxsize=64)
 def _log_coords_table(window: int, pretrained: int) -> Tensor:
-    """Log-spaced relative coordinates ``T'`` (2w-1, 2w-1, 2), float32 (spec §3.11 steps 1-2).
+    """Log-spaced relative coordinates ``T'`` (2w-1, 2w-1, 2), float32.
 
     Normalization uses the pretrained window ``p`` whatever the current window ``w`` is.
     """
@@ -536,7 +536,7 @@ def _log_coords_table(window: int, pretrained: int) -> Tensor:
 
 @lru_cache(maxsize=64)
 def _relative_index(window: int) -> Tensor:
-    """Flat index ``(w², w²)`` into the ``(2w-1)²`` bias table (spec §3.11 step 4)."""
+    """Flat index ``(w², w²)`` into the ``(2w-1)²`` bias table."""
     with torch.inference_mode(False):
         ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing='ij')
         ys, xs = ys.reshape(-1), xs.reshape(-1)
@@ -547,7 +547,7 @@ def _relative_index(window: int) -> Tensor:
 
 @lru_cache(maxsize=32)
 def _shift_mask(hp: int, wp: int, window: int, shift: int) -> Tensor:
-    """Swin attention mask ``(nW, w², w²)``: -100 between tokens of different regions (§3.13).
+    """Swin attention mask ``(nW, w², w²)``: -100 between tokens of different regions.
 
     The regions are the 3 x 3 split of the ``hp x wp`` map at ``-window`` and ``-shift`` from the
     bottom/right edges.
@@ -567,7 +567,7 @@ def _shift_mask(hp: int, wp: int, window: int, shift: int) -> Tensor:
 
 
 class PosEmbMLPSwinv2D(nn.Module):
-    """Continuous relative position bias (spec §3.11), evaluable for any window size.
+    """Continuous relative position bias, evaluable for any window size.
 
     The index table and the coordinate tables of other windows are pure functions of ``(w, p)``
     (memoized, not buffers). In eval mode the bias of each window size is cached per
@@ -638,7 +638,7 @@ class PosEmbMLPSwinv2D(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows with the continuous position bias (spec §3.12)."""
+    """Multi-head self-attention inside windows with the continuous position bias."""
 
     def __init__(self, dim: int, num_heads: int, spec: ERadioSpec, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -677,7 +677,7 @@ class WindowAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """``fc2(GELU(fc1(x)))``, hidden ``4C``, no biases (spec §3.9)."""
+    """``fc2(GELU(fc1(x)))``, hidden ``4C``, no biases."""
 
     def __init__(self, dim: int, device: Any = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
@@ -689,7 +689,7 @@ class Mlp(nn.Module):
 
 
 def _window_partition(x: Tensor, w: int) -> Tuple[Tensor, int, int]:
-    """``(B, C, H, W) -> (B*nW, w², C)`` (spec §3.10); reflect-pads to multiples of ``w``."""
+    """``(B, C, H, W) -> (B*nW, w², C)``; reflect-pads to multiples of ``w``."""
     b, c, h, wd = x.shape
     hp, wp = -(-h // w) * w, -(-wd // w) * w
     if (hp, wp) != (h, wd):
@@ -707,7 +707,7 @@ def _window_reverse(t: Tensor, w: int, b: int, hp: int, wp: int, h: int, wd: int
 
 
 class AttentionBlock(nn.Module):
-    """One windowed-attention block with subsample ratio ``r`` (``GRAAttentionBlock``, §3.13)."""
+    """One windowed-attention block with subsample ratio ``r`` (the original's ``GRAAttentionBlock``)."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, spec: ERadioSpec,
                  shift: bool = False, device: Any = None,
@@ -781,7 +781,7 @@ class AttentionBlock(nn.Module):
 
 
 class MultiResolutionAttention(nn.Module):
-    """A sequence of attention blocks, one per subsample ratio of the level (spec §3.14)."""
+    """A sequence of attention blocks, one per subsample ratio of the level."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratios: Sequence[int], spec: ERadioSpec,
                  shift: bool = False, device: Any = None,
@@ -818,7 +818,7 @@ class ConvLevel(nn.Module):
 
 
 class TransformerLevel(nn.Module):
-    """Levels 2 and 3: windowed attention blocks (``ERADIOLayer``, spec §3.14)."""
+    """Levels 2 and 3: windowed attention blocks (the original's ``ERADIOLayer``)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, sr_ratios: Sequence[int],
                  downsample: bool, spec: ERadioSpec, device: Any = None,
@@ -851,7 +851,7 @@ class TransformerLevel(nn.Module):
 
 
 class NeckProjection(_FoldedConvMixin, nn.Module):
-    """``upsample(u) -> depthwise 3x3 (bias) -> BatchNorm -> 1x1 conv (bias)`` (spec §3.15)."""
+    """``upsample(u) -> depthwise 3x3 (bias) -> BatchNorm -> 1x1 conv (bias)``."""
 
     def __init__(self, in_ch: int, out_ch: int, upsample: int, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -884,7 +884,7 @@ class NeckProjection(_FoldedConvMixin, nn.Module):
 
 
 class HiResNeck(nn.Module):
-    """Sum of projected level outputs ``i >= n0`` at the resolution of level ``n0`` (§3.15)."""
+    """Sum of projected level outputs ``i >= n0`` at the resolution of level ``n0``."""
 
     def __init__(self, widths: Sequence[int], start: int, out_dim: int, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -892,7 +892,7 @@ class HiResNeck(nn.Module):
         self.start = start
         projections: List[nn.Module] = []
         for i in range(start, len(widths)):
-            u = 2 ** (i - start)  # the original's 1, 1, 2, ... for start 0 is a defect (§10 #11)
+            u = 2 ** (i - start)  # the original's 1, 1, 2, ... for start 0 is a defect
             if u == 1 and widths[i] == out_dim:
                 projections.append(nn.Identity())
             else:
@@ -921,7 +921,7 @@ def filter_checkpoint_state_dict(
     Removes what the original stores but this implementation derives or never uses: two of the
     position-bias buffers of every attention block (``...pos_emb_funct.relative_bias``, a stale
     cache, and ``relative_position_index``, a constant table), the final norm ``norm.*`` and the
-    classifier ``head.*`` (never part of the hub outputs, §1.3). ``relative_coords_table`` is
+    classifier ``head.*`` (never part of the hub outputs). ``relative_coords_table`` is
     kept: the original evaluates its MLP on the loaded table at the construction window.
 
     Args:
@@ -992,10 +992,10 @@ class ERadioBackbone(nn.Module):
     # -- window size ------------------------------------------------------------------------
 
     def change_window_size(self, new_window_size: int) -> None:
-        """Set the default window side of the attention levels (spec §7.2).
+        """Set the default window side of the attention levels.
 
         The position-bias normalization keeps using the construction window; the bias for the new
-        window is computed from the MLP at the next forward (no stale buffer, spec §10 #9/#10).
+        window is computed from the MLP at the next forward (never a stale stored buffer).
 
         Args:
             new_window_size: window side >= 1.
@@ -1006,7 +1006,7 @@ class ERadioBackbone(nn.Module):
 
     def set_optimal_window_size(self, image_dim: Union[int, Sequence[int]],
                                 max_window_size: int = 16) -> None:
-        """``change_window_size(optimal_window_size(image_dim, max_window_size))`` (spec §7.1).
+        """``change_window_size(optimal_window_size(image_dim, max_window_size))``.
 
         Args:
             image_dim: ``(H, W)`` (the shorter side decides) or one side, in pixels.

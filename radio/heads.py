@@ -1,4 +1,4 @@
-"""Adaptor heads: the MLPs that map RADIO tokens into a teacher's space (spec adaptors.md §3-4).
+"""Adaptor heads: the MLPs that map RADIO tokens into a teacher's space.
 
 * ``v1``: ``fc1 -> LayerNorm -> ReLU -> fc2``;
 * ``v2``: ``fc1``, residual inner blocks ``h + Linear(GELU(LN(h)))``, then ``Linear(GELU(LN(h)))``;

@@ -6,7 +6,7 @@ A directory (a Hub snapshot or a local copy) is translated into exactly what an 
 ``_feature_normalizer.*``, ``_intermediate_feature_normalizer.*``). Everything downstream (the
 shared weights stage, module assembly) is the one used for official files.
 
-Layouts (``shared/spec/hf-format.md``):
+Layouts:
 
 * **remote code** (layout A): ``config.json`` with the whole training ``args`` and
   ``adaptor_configs``; weights under ``radio_model.*``.
@@ -260,7 +260,7 @@ def _read_weights(path: Path) -> StateDict:
 
 
 def remote_code_summary_idxs(args: argparse.Namespace) -> List[int]:
-    """The backbone summary tokens by the hub rule (model.md §6.2): first index per name, or ``[0]``."""
+    """The backbone summary tokens by the hub rule: first index per name, or ``[0]``."""
     if not bool(getattr(args, "cls_token_per_teacher", True)):
         return [0]
     first: Dict[str, int] = {}
@@ -403,7 +403,7 @@ def _read_remote_code(path: Path, config: Dict[str, Any], raw: StateDict,
             from .eradio import is_eradio
 
             # E-RADIO's summary is the mean of the neck features: the indices have no effect there
-            # (hf-format.md §5.1), and every exported E-RADIO repository differs, so no warning.
+            #, and every exported E-RADIO repository differs, so no warning.
             log = _logger.info if is_eradio(str(args.model)) else _logger.warning
             log("%s: the stored summary_idxs %s differ from the hub rule %s (remote-code defect); "
                 "the hub rule is used", path, stored.tolist(), hub)
@@ -475,7 +475,7 @@ def _read_native(path: Path, config: Dict[str, Any], raw: StateDict, repo_id: Op
 
     sd = _native_disk_names(raw)
     video = [k for k in sd if ".video_embedder." in k]
-    for k in video:  # tubelet projection: not part of RADIO (hf-format.md §6.6)
+    for k in video:  # tubelet projection: not part of RADIO
         sd.pop(k)
     if video:
         _logger.info("%s: ignoring the video tubelet projection (not part of RADIO)", path)

@@ -1,7 +1,7 @@
 """``RADIOModel``: conditioner -> backbone -> summary / features -> normalizer -> adaptors.
 
 The public module that ``radio_model`` returns. It reproduces the original's ``forward`` and
-``forward_intermediates`` (spec model.md §6-7, intermediates.md), with clear errors where the
+``forward_intermediates``, with clear errors where the
 original fails or silently misbehaves.
 """
 
@@ -186,7 +186,7 @@ class RADIOModel(nn.Module):
 
     @property
     def summary_dim(self) -> int:
-        """Width of the backbone summary: ``embed_dim * len(summary_idxs)`` (spec model.md §7); E-RADIO's
+        """Width of the backbone summary: ``embed_dim * len(summary_idxs)``; E-RADIO's
         summary is the mean of its features, ``embed_dim`` wide."""
         return self.embed_dim * (1 if self.config.is_eradio else len(self.config.summary_idxs))
 
@@ -236,7 +236,7 @@ class RADIOModel(nn.Module):
         return self._extract_eradio(self.model(x, window_size=window), feature_fmt)
 
     def _extract_eradio(self, neck: torch.Tensor, feature_fmt: str) -> ForwardOutput:
-        """Neck map -> summary (token mean, before the normalizer), normalized features, adaptors (spec §6.2)."""
+        """Neck map -> summary (token mean, before the normalizer), normalized features, adaptors."""
         grid_hw = (neck.shape[-2], neck.shape[-1])
         tokens = neck.flatten(2).transpose(1, 2)  # B, h*w, F
         summary = tokens.mean(dim=1)

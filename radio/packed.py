@@ -1,7 +1,7 @@
 """Packed variable-resolution batches: several images of different sizes in one token sequence.
 
 A packed batch is the layout transformers' ``RadioModel(pixel_values, image_grid_hw=...)`` and
-vLLM take (spec hf-format.md §6.5):
+vLLM take:
 
 * ``patches (sum N_i, 3*ps*ps)``: the patches of every image, image after image, each image's
   patches row-major, each patch channel-major (``(3, ps, ps)`` flattened), raw pixel values;

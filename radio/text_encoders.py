@@ -1,6 +1,6 @@
 """Text towers of the CLIP-like teachers, for the text-capable adaptors.
 
-Two teacher types carry a text tower next to their adaptor heads (spec: adaptors.md §6-§7):
+Two teacher types carry a text tower next to their adaptor heads:
 
 * ``open_clip``: the text half of an open_clip CLIP model, named by the teacher's ``model``
   (an open_clip model config) and ``pretrained`` (an open_clip pretrained tag or a local file),
@@ -184,7 +184,7 @@ class _OpenClipTextTower(nn.Module):
 
 
 class OpenClipTextEncoder(TextEncoder):
-    """Text tower of an ``open_clip`` teacher (spec: adaptors.md §6).
+    """Text tower of an ``open_clip`` teacher.
 
     Only the text tower of the open_clip model config is built, from open_clip's own text-tower
     builder; the image-tower weights in the checkpoint are skipped. Token ids come from
@@ -415,7 +415,7 @@ def _load_open_clip_text_weights(tower: _OpenClipTextTower, path: str) -> None:
 
 
 def canonicalize_text(text: str) -> str:
-    """Canonicalize a prompt the way SigLIP2 texts were during training (adaptors.md §7).
+    """Canonicalize a prompt the way SigLIP2 texts were during training.
 
     In order: ``_`` becomes a space, every ``string.punctuation`` character is deleted, the text is
     lower-cased, whitespace runs collapse to single spaces, and the ends are stripped.
@@ -453,7 +453,7 @@ def __getattr__(name: str) -> Any:
 
 
 class SigLIP2TextEncoder(TextEncoder):
-    """Text tower of a ``siglip2`` teacher (spec: adaptors.md §7).
+    """Text tower of a ``siglip2`` teacher.
 
     Only ``Siglip2TextModel`` is instantiated, from the full checkpoint of the Hugging Face model
     that the teacher's ``model`` names (the vision tower's weights are skipped). Texts are

@@ -3,7 +3,7 @@
 One :class:`RadioVersion` record per release. Names such as ``c-radio_v4-h`` are keys of
 :data:`VERSIONS`, never identifiers in code. Where the weights live (a Hugging Face Hub repository
 and file name), the patch size, the resolutions, the ViTDet settings and the licence come from the
-original project's release table (see ``shared/spec/versions.md``); everything about the network
+original project's release table; everything about the network
 itself (width, depth, teachers, token counts) is read from each checkpoint's ``args``.
 """
 

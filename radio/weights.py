@@ -5,7 +5,7 @@ modules' keys: wrapper prefixes, spectral reparametrization and DAMP (folded int
 LayerScale names, unused keys, dtypes. Its input is a :class:`radio.checkpoint.Checkpoint`-shaped
 source (``args`` + a state dict in the official ``.pth.tar`` key layout); readers of other formats
 (:mod:`radio.hf`) translate their layout into that form first, so nothing after this stage knows
-where the weights came from. Spec: checkpoint-format.md §4-§8, adaptors.md §2.
+where the weights came from.
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ def model_weights(args: Any, state_dict: Mapping[str, torch.Tensor], is_ema: boo
     spectral, spectral_heads = spectral_settings(args, is_ema)
     # The backbone is read from the state dict *as stored*: the original never strips the
     # `module.` / `_orig_mod.` wrapper prefixes from `base_model.*` keys, so a file whose backbone
-    # keys carry them has no usable backbone there either (spec checkpoint-format.md §4). Everything
+    # keys carry them has no usable backbone there either. Everything
     # else is looked up after the wrapper prefixes are removed. Do not unify the two.
     backbone = _backbone(state_dict, cfg, spectral)
     cleaned = clean_prefixes(state_dict)

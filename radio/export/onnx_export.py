@@ -6,9 +6,9 @@ feature selection and the chosen adaptors. ``RADIOModel.forward``'s Python-side 
 out of the graph. The export uses the ``torch.export`` based exporter (``torch.onnx.export(...,
 dynamo=True)``) with derived dimensions ``H = step * gh``, ``W = step * gw`` so that the patch grid,
 the ViTDet windows and the CPE position table (bilinear resize to ``max(h, w)`` squared, then a
-top-left crop; spec model.md §3.4) are computed from the input shape at run time.
+top-left crop) are computed from the input shape at run time.
 
-E-RADIO chooses its attention window from the input size (spec eradio.md §7), so its graph
+E-RADIO chooses its attention window from the input size, so its graph
 differs per size: it is exported at one fixed ``(H, W)`` (the batch stays dynamic) with the window
 the model would use at that size (its current window under the ``'fixed'`` policy, the optimal
 window for that size under ``'auto'``), recorded in the metadata as ``eradio_window_size``.
@@ -151,7 +151,7 @@ class _OnnxGraph(nn.Module):
         return tuple(t.to(self.dtype) for t in outputs)
 
     def _eradio(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """E-RADIO: neck ``(B, F, h, w)`` -> tokens; summary = token mean before the normalizer (spec §6.2)."""
+        """E-RADIO: neck ``(B, F, h, w)`` -> tokens; summary = token mean before the normalizer."""
         radio = self.radio
         neck = radio.model(x, window_size=self.eradio_window)  # B, F, h, w
         grid = (neck.shape[-2], neck.shape[-1])
@@ -263,7 +263,7 @@ def export_window_size(model: "RADIOModel", size: Tuple[int, int]) -> Optional[i
 
     Under ``model.window_policy == 'fixed'`` that is the backbone's current window (set by
     ``change_window_size`` / ``set_optimal_window_size``; the backbone's own ``'optimal'`` policy
-    is followed too); under ``'auto'`` the optimal window for ``size`` (spec eradio.md §7.1).
+    is followed too); under ``'auto'`` the optimal window for ``size``.
 
     Args:
         model: a loaded ``RADIOModel``.

@@ -1,8 +1,8 @@
 """Export a loaded RADIO model as a Hugging Face remote-code repository without the code.
 
-The directory holds ``config.json`` (the fields of ``shared/spec/hf-format.md`` §2: the whole
+The directory holds ``config.json`` (the fields the original's exporter writes: the whole
 ``args``, ``adaptor_configs``, normalizer configs, release metadata) and ``model.safetensors``
-with the ``radio_model.*`` keys of §3 (backbone in ``args.dtype``, parametrizations realized,
+with its ``radio_model.*`` keys (backbone in ``args.dtype``, parametrizations realized,
 adaptors and normalizers included). It is a pickle-free copy of an official checkpoint: this
 package (and the original's remote code) loads it back to the same outputs.
 """
@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-#: ``args`` attributes the original exporter removes (hf-format.md §2.1).
+#: ``args`` attributes the original exporter removes.
 _DROPPED_ARGS = ("enable-cudnn-attention", "device", "damp")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -65,7 +65,7 @@ def _json_value(value: Any) -> Any:
 
 
 def args_to_json(args: argparse.Namespace) -> Dict[str, Any]:
-    """The ``args`` object of a remote-code ``config.json`` (hf-format.md §2.2).
+    """The ``args`` object of a remote-code ``config.json``.
 
     Dtypes become their names (``torch.bfloat16`` -> ``"bfloat16"``), attributes the original
     exporter deletes are left out, and the weights are realized, so ``spectral_reparam`` and
@@ -91,7 +91,7 @@ def args_to_json(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _head_sizes(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, Any]:
-    """adaptor_configs sizes of one head (hf-format.md §2.3), from its weights."""
+    """adaptor_configs sizes of one head, from its weights."""
     fc1 = sd.get(prefix + "fc1.weight", sd.get(prefix + "mlp.fc1.weight"))
     last = None
     for name in ("final.2.weight", "fc2.weight", "mlp.final.2.weight"):
@@ -150,7 +150,7 @@ def _config(model: nn.Module, args: argparse.Namespace, sd: Mapping[str, torch.T
 
 
 def _layout_a_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """``radio_model.*`` tensors (hf-format.md §3) from the built model's state dict."""
+    """``radio_model.*`` tensors from the built model's state dict."""
     out: Dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if key.startswith("adaptors."):
@@ -168,7 +168,7 @@ def _layout_a_state(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def _relative_position_index(window: int) -> torch.Tensor:
-    """``(w², w²)`` int64: ``(yq - yk + w - 1) * (2w - 1) + (xq - xk + w - 1)`` (eradio.md §3.11 step 4)."""
+    """``(w², w²)`` int64: ``(yq - yk + w - 1) * (2w - 1) + (xq - xk + w - 1)``."""
     ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     dy = ys[:, None] - ys[None, :] + window - 1
@@ -179,13 +179,13 @@ def _relative_position_index(window: int) -> torch.Tensor:
 def _eradio_bias_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The two E-RADIO position-bias buffers the original owns and this package derives.
 
-    The original's position-bias module has three persistent buffers (eradio.md §3.11); this
+    The original's position-bias module has three persistent buffers; this
     package keeps only ``relative_coords_table`` and derives ``relative_position_index`` and the
-    bias cache. A layout-A repository has all three (hf-format.md §3), so they are written here:
+    bias cache. A layout-A repository has all three, so they are written here:
     the index table of the construction window ``p`` (int64 ``(p², p²)``) and, for
     ``relative_bias`` ``(1, heads, p², p²)``, the bias of the exported MLP weights at ``p`` (what
     the original's eval forward stores there), so that the original's deploy mode, which uses the
-    stored buffer as is (eradio.md §8), is correct too. Empty for ViT models.
+    stored buffer as is, is correct too. Empty for ViT models.
     """
     from ..eradio import PosEmbMLPSwinv2D
 

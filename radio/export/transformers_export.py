@@ -2,8 +2,8 @@
 
 The directory holds a ``RadioConfig`` ``config.json`` (``model_type: "radio"``) and a
 ``model.safetensors`` with the names ``RadioModel.save_pretrained`` writes (``radio_model.model.*``,
-``attn.qkv`` concatenated, LayerScale as ``layer_scale{1,2}.lambda1``; ``shared/spec/hf-format.md``
-§6). Layout B represents only the CPE ViT backbone: every feature of §6.7 that would change the
+``attn.qkv`` concatenated, LayerScale as ``layer_scale{1,2}.lambda1``). Layout B represents only
+the CPE ViT backbone: every feature it cannot hold that would change the
 outputs blocks the export, with an explicit opt-in to drop adaptors and normalizers.
 """
 

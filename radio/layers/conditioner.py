@@ -16,7 +16,7 @@ class InputConditioner(nn.Module):
     """Standardize an RGB batch in ``[0, 1]`` in float32 and cast it to ``dtype``.
 
     The buffers ``norm_mean`` / ``norm_std`` are float32 ``(3, 1, 1)`` and stay float32 when the
-    module is cast (``model.half()`` moves them, but never rounds them): the spec computes the
+    module is cast (``model.half()`` moves them, but never rounds them): the original computes the
     standardization in float32 (at least; a float64 input stays float64).
     """
 

@@ -38,7 +38,7 @@ class FeatureNormalizer(nn.Module):
 
 
 class IntermediateFeatureNormalizer(nn.Module):
-    """Per-block whitening of intermediate tokens (spec intermediates.md §4).
+    """Per-block whitening of intermediate tokens.
 
     Buffers: ``alphas (L,)``, ``means (L, D)``, ``rotation (D, D)`` shared or ``(L, D, D)`` per block.
     """

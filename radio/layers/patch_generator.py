@@ -4,9 +4,9 @@ RADIO replaces a ViT's patch embedding with this module (AM-RADIO, "cropped posi
 A learned ``G x G`` position table is cut to the input's patch grid:
 
 * eval: the table is resized bilinearly to an ``m x m`` square (``m`` = larger grid side) and
-  cropped top-left, so the short side is cropped, never squeezed (spec model.md §3.4);
+  cropped top-left, so the short side is cropped, never squeezed;
 * training: each sample (each video in video mode) samples a random viewport of the table, and
-  position dropout drops the whole embedding of some samples (spec model.md §3.5).
+  position dropout drops the whole embedding of some samples.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ViTDet window partitioning of patch tokens (pure functions).
 
 Windows are ``ws x ws`` non-overlapping tiles of the ``h x w`` patch grid, ordered row-major over
-the window grid, with tokens row-major inside a window (spec vitdet.md §3). Batching is
+the window grid, with tokens row-major inside a window. Batching is
 sample-major: window ``k`` of sample ``b`` becomes row ``b * nW + k``.
 """
 
