@@ -235,19 +235,12 @@ class RADIOModel(nn.Module):
         window = "optimal" if self._window_policy == "auto" else None
         return self._extract_eradio(self.model(x, window_size=window), feature_fmt)
 
-    def _extract_eradio(self, neck: torch.Tensor, feature_fmt: str) -> ForwardOutput:
+    def _extract_eradio(self, neck: torch.Tensor, feature_fmt: str,
+                        adaptor_names: Optional[Sequence[str]] = None) -> ForwardOutput:
         """Neck map -> summary (token mean, before the normalizer), normalized features, adaptors."""
-        grid_hw = (neck.shape[-2], neck.shape[-1])
         tokens = neck.flatten(2).transpose(1, 2)  # B, h*w, F
-        summary = tokens.mean(dim=1)
-        features = self.feature_normalizer(tokens)
-        backbone = RadioOutput(summary, to_nchw(features, grid_hw) if feature_fmt == "NCHW" else features)
-        if not len(self.adaptors):
-            return backbone
-        out: Dict[str, RadioOutput] = {"backbone": backbone}
-        for name, adaptor in self.adaptors.items():
-            out[name] = adaptor(summary.float(), features, grid_hw, feature_fmt)
-        return out
+        summary = tokens.mean(dim=1)  # every adaptor's summary head reads it too
+        return self._outputs(summary, summary, tokens, (neck.shape[-2], neck.shape[-1]), feature_fmt, adaptor_names)
 
     def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
         """The closest size the model accepts: each side rounded to a multiple of ``min_resolution_step``
@@ -332,17 +325,28 @@ class RADIOModel(nn.Module):
         all_summary = tokens[:, : self.num_cls_tokens]
         return all_summary, all_summary[:, self.summary_idxs].flatten(1)
 
-    def _extract(self, tokens: torch.Tensor, grid_hw: Tuple[int, int], feature_fmt: str) -> ForwardOutput:
+    def _extract(self, tokens: torch.Tensor, grid_hw: Tuple[int, int], feature_fmt: str,
+                 adaptor_names: Optional[Sequence[str]] = None) -> ForwardOutput:
         """Backbone tokens -> summary, normalized features and adaptor outputs."""
         all_summary, summary = self._summary(tokens)
-        features = self.feature_normalizer(tokens[:, self.num_summary_tokens:])
+        return self._outputs(all_summary, summary, tokens[:, self.num_summary_tokens:], grid_hw, feature_fmt,
+                             adaptor_names)
+
+    def _outputs(self, adaptor_summary: torch.Tensor, summary: torch.Tensor, patch_tokens: torch.Tensor,
+                 grid_hw: Tuple[int, int], feature_fmt: str, adaptor_names: Optional[Sequence[str]]) -> ForwardOutput:
+        """The feature normalizer, then the backbone output and the adaptors' (all loaded ones by default).
+
+        Adaptors read ``adaptor_summary`` in float32 and the normalized features.
+        """
+        features = self.feature_normalizer(patch_tokens)
         backbone = RadioOutput(summary, to_nchw(features, grid_hw) if feature_fmt == "NCHW" else features)
-        if not len(self.adaptors):
+        names = list(self.adaptors) if adaptor_names is None else list(adaptor_names)
+        if not names:
             return backbone
         out: Dict[str, RadioOutput] = {"backbone": backbone}
-        summary_in = all_summary.float()
-        for name, adaptor in self.adaptors.items():
-            out[name] = adaptor(summary_in, features, grid_hw, feature_fmt)
+        summary_in = adaptor_summary.float()
+        for name in names:
+            out[name] = self.adaptors[name](summary_in, features, grid_hw, feature_fmt)
         return out
 
     def forward(self, x: torch.Tensor, feature_fmt: str = "NLC", num_tokens: Optional[int] = None) -> ForwardOutput:

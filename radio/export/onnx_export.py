@@ -135,35 +135,14 @@ class _OnnxGraph(nn.Module):
         radio = self.radio
         x = image if self.external_preprocessing else radio.input_conditioner(image)
         x = x.to(self.dtype)
-        if self.eradio_window is not None:
-            return self._eradio(x)
-        ps = radio.patch_size
-        grid = (x.shape[-2] // ps, x.shape[-1] // ps)
-        tokens = radio.model(x)  # B, S + h*w, D
-        all_summary, summary = radio._summary(tokens)  # the model's own summary-token rule
-        features = radio.feature_normalizer(tokens[:, radio.num_summary_tokens:])  # B, h*w, D
-        outputs: List[torch.Tensor] = [summary, features]
-        # as in RADIOModel: adaptors read float32 summary tokens (the export dtype for float16 files)
-        summary_in = all_summary.to(torch.float32 if self.dtype == torch.float32 else self.dtype)
+        if self.eradio_window is not None:  # neck (B, F, h, w) at the window baked into the file
+            out = radio._extract_eradio(radio.model(x, window_size=self.eradio_window), "NLC", self.adaptor_names)
+        else:
+            out = radio._extract(radio.model(x), radio.model.grid_size(x), "NLC", self.adaptor_names)
+        backbone = out["backbone"] if isinstance(out, dict) else out
+        outputs = [backbone.summary, backbone.features]
         for name in self.adaptor_names:
-            out = radio.adaptors[name](summary_in, features, grid, "NLC")
-            outputs += [out.summary, out.features]
-        return tuple(t.to(self.dtype) for t in outputs)
-
-    def _eradio(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """E-RADIO: neck ``(B, F, h, w)`` -> tokens; summary = token mean before the normalizer."""
-        radio = self.radio
-        neck = radio.model(x, window_size=self.eradio_window)  # B, F, h, w
-        grid = (neck.shape[-2], neck.shape[-1])
-        tokens = neck.flatten(2).transpose(1, 2)  # B, h*w, F
-        summary = tokens.mean(dim=1)
-        features = radio.feature_normalizer(tokens)
-        outputs: List[torch.Tensor] = [summary, features]
-        # as in RADIOModel: every adaptor reads the float32 mean summary (the export dtype for float16 files)
-        summary_in = summary.to(torch.float32 if self.dtype == torch.float32 else self.dtype)
-        for name in self.adaptor_names:
-            out = radio.adaptors[name](summary_in, features, grid, "NLC")
-            outputs += [out.summary, out.features]
+            outputs += [out[name].summary, out[name].features]
         return tuple(t.to(self.dtype) for t in outputs)
 
 
