@@ -52,3 +52,22 @@ def assert_outputs_close(actual, expected, tol: float = 1e-5) -> None:
     assert hasattr(actual, "summary") and hasattr(actual, "features")
     assert_close_rel(actual.summary, expected.summary, tol)
     assert_close_rel(actual.features, expected.features, tol)
+
+
+def assert_model_matches_reference(path, written, images, adaptor_names=("clip", "dino_v2", "sam")) -> None:
+    """``radio_model(path)`` against the independent reference, NLC and NCHW, at two sizes."""
+    from reference import ref_forward
+
+    from radio import radio_model
+
+    names = list(adaptor_names)
+    model = radio_model(str(path), adaptor_names=names)
+    assert not model.training
+    ps = model.patch_size
+    for h, w in [(4 * ps, 6 * ps), (3 * ps, 2 * ps)]:
+        x = images(2, h, w)
+        with torch.no_grad():
+            out = model(x)
+            out_nchw = model(x, feature_fmt="NCHW")
+        assert_outputs_close(out, ref_forward(written.realized, written.args, x, adaptor_names=names))
+        assert_outputs_close(out_nchw, ref_forward(written.realized, written.args, x, "NCHW", adaptor_names=names))

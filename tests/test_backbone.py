@@ -10,7 +10,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 
 from ckpt_writer import make_checkpoint
-from radio_test_utils import assert_close_rel, assert_outputs_close
+from radio_test_utils import assert_close_rel, assert_model_matches_reference, assert_outputs_close
 from reference import ref_forward
 
 from radio import radio_model
@@ -151,16 +151,7 @@ ARCH_VARIANTS = {
 def test_forward_matches_reference(variant, tmp_path, images):
     path = tmp_path / f"{variant}.pth.tar"
     ck = make_checkpoint(path, **ARCH_VARIANTS[variant])
-    model = radio_model(str(path), adaptor_names=ALL)
-    assert not model.training
-    ps = model.patch_size
-    for h, w in [(4 * ps, 6 * ps), (3 * ps, 2 * ps)]:
-        x = images(2, h, w)
-        with torch.no_grad():
-            out = model(x)
-            out_nchw = model(x, feature_fmt="NCHW")
-        assert_outputs_close(out, ref_forward(ck.realized, ck.args, x, adaptor_names=ALL))
-        assert_outputs_close(out_nchw, ref_forward(ck.realized, ck.args, x, "NCHW", adaptor_names=ALL))
+    assert_model_matches_reference(path, ck, images)
 
 
 def test_vitdet_matches_reference_and_intermediates_agree(tmp_path, images, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from radio_test_utils import assert_close_rel, assert_outputs_close
+from radio_test_utils import assert_close_rel, assert_model_matches_reference, assert_outputs_close
 from reference import ref_forward, ref_forward_intermediates
 
 from radio import RadioOutput, Resolution, radio_model
@@ -284,16 +284,7 @@ def written(tmp_path_factory):
 @pytest.mark.parametrize("variant", LAYOUTS)
 def test_forward_matches_reference(variant, written, images):
     ck, path = written(variant)
-    model = radio_model(str(path), adaptor_names=ALL)
-    assert not model.training
-    ps = model.patch_size
-    for h, w in [(4 * ps, 6 * ps), (3 * ps, 2 * ps)]:
-        x = images(2, h, w)
-        with torch.no_grad():
-            out = model(x)
-            out_nchw = model(x, feature_fmt="NCHW")
-        assert_outputs_close(out, ref_forward(ck.realized, ck.args, x, adaptor_names=ALL))
-        assert_outputs_close(out_nchw, ref_forward(ck.realized, ck.args, x, "NCHW", adaptor_names=ALL))
+    assert_model_matches_reference(path, ck, images)
 
 
 @pytest.mark.parametrize("variant", ["base", "feature_normalizer", "model_norm", "single_cls"])
