@@ -5,8 +5,8 @@ position-bias MLP evaluated on every call, explicit attention matrices), i.e.
 
 Run from the repository root::
 
-    python -m benchmarks.eradio_benchmark                 # eradio (e-radio_v2's architecture)
-    python -m benchmarks.eradio_benchmark --model eradio_xxxtiny --size 256
+    python benchmarks/eradio_benchmark.py                 # eradio (e-radio_v2's architecture)
+    python benchmarks/eradio_benchmark.py --model eradio_xxxtiny --size 256
 
 One warm-up call per implementation at a small size (it fills the fold/bias caches, which persist
 across input sizes), then ``--repeats`` rounds of timed calls at ``--size`` (default 512x512,
@@ -16,14 +16,20 @@ batch 4, float32), the two implementations alternating; the best time of each is
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from radio.eradio import ERadioBackbone, eradio_spec, filter_checkpoint_state_dict
-from tests.eradio_reference import reference_forward
-from tests.eradio_writer import make_eradio_checkpoint
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the package and the test writers, run from anywhere
+
+from eradio_reference import reference_forward  # noqa: E402
+from eradio_writer import make_eradio_checkpoint  # noqa: E402
+
+from radio.eradio import ERadioBackbone, eradio_spec, filter_checkpoint_state_dict  # noqa: E402
 
 
 def _time_interleaved(fns: Sequence[Callable[[], torch.Tensor]],

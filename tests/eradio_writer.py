@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from tests.ckpt_writer import DEFAULT_TEACHERS, _head_params, _Rng
+from ckpt_writer import DEFAULT_TEACHERS, _head_params, _Rng
 
 # name -> (depths, heads, window, dim, in_dim, n0, F, conv_base, cpb_hidden, groups_ratio)
 _ARCHS: Dict[str, tuple] = {

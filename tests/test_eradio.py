@@ -25,8 +25,8 @@ from radio.eradio import (
     list_eradio_models,
     optimal_window_size,
 )
-from tests.eradio_reference import optimal_window_reference, reference_forward
-from tests.eradio_writer import make_eradio_checkpoint
+from eradio_reference import optimal_window_reference, reference_forward
+from eradio_writer import make_eradio_checkpoint
 
 TINY = ['eradio_xxxtiny', 'eradio_xxxtiny_8x_ws12', 'eradio_xxxtiny_8x_ws16']
 LARGE = ['eradio_large_fullres_ws16', 'eradio']
