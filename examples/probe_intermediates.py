@@ -341,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         model = radio_model(version=args.version, progress=True)
     model = model.to(device).eval()
-    layers = parse_layers(args.layers, len(model.blocks))
+    layers = parse_layers(args.layers, model.num_intermediates)
     resolution = parse_resolution(args.resolution, model)
 
     train_ds, val_ds, classes = load_datasets(args, resolution)

@@ -196,6 +196,12 @@ class RADIOModel(nn.Module):
         return self.config.embed_dim
 
     @property
+    def num_intermediates(self) -> int:
+        """How many outputs :meth:`forward_intermediates` can select: the blocks of a ViT, or E-RADIO's
+        five pyramid maps (levels at strides 4, 8, 16, 32 and the neck)."""
+        return self.model.num_pyramid_levels if self.config.is_eradio else len(self.model.blocks)
+
+    @property
     def blocks(self) -> Optional[nn.ModuleList]:
         """The transformer blocks (``None`` for E-RADIO, as in the original)."""
         return None if self.config.is_eradio else self.model.blocks
@@ -376,12 +382,16 @@ class RADIOModel(nn.Module):
     def _eradio_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None],
                               return_prefix_tokens: bool, norm: bool, stop_early: bool, output_fmt: str,
                               intermediates_only: bool, aggregation: str
-                              ) -> Union[List[torch.Tensor], Tuple[ForwardOutput, List[torch.Tensor]]]:
-        """E-RADIO's multi-scale pyramid: level maps at strides 4, 8, 16, 32 (indices 0-3) and the neck (4)."""
-        if return_prefix_tokens or norm or aggregation != "sparse":
+                              ) -> Union[list, Tuple[ForwardOutput, list]]:
+        """E-RADIO's multi-scale pyramid: level maps at strides 4, 8, 16, 32 (indices 0-3) and the neck (4).
+
+        With ``return_prefix_tokens`` each entry is ``RadioOutput(token mean of the map, map)``: E-RADIO
+        has no summary tokens, and the token mean is how its summary is defined.
+        """
+        if norm or aggregation != "sparse":
             raise ValueError("E-RADIO's forward_intermediates returns its feature pyramid (levels at strides "
-                             "4, 8, 16, 32 and the neck): return_prefix_tokens, norm and aggregation='dense' "
-                             "apply to ViTs only.")
+                             "4, 8, 16, 32 and the neck), whose maps differ in size and width: norm and "
+                             "aggregation='dense' apply to ViTs only.")
         window = "optimal" if self._window_policy == "auto" else None
         x = self._condition(x)
         if intermediates_only:
@@ -389,7 +399,9 @@ class RADIOModel(nn.Module):
         else:  # one pass gives both the selected maps and the neck behind the final output
             every = self.model.forward_pyramid(x, None, window_size=window)
             maps = [every[i] for i in self.model._resolve_indices(indices)]
-        results = [m if output_fmt == "NCHW" else m.flatten(2).transpose(1, 2) for m in maps]
+        results: list = [m if output_fmt == "NCHW" else m.flatten(2).transpose(1, 2) for m in maps]
+        if return_prefix_tokens:
+            results = [RadioOutput(m.flatten(2).mean(dim=2), r) for m, r in zip(maps, results)]
         if intermediates_only:
             return results
         return self._extract_eradio(every[-1], output_fmt), results

@@ -92,6 +92,13 @@ def test_pyramid_matches_reference_levels_and_neck(written, images):
     assert_close_rel(early[0], exp["levels"][0])
     with pytest.raises(ValueError, match="feature pyramid"):
         model.forward_intermediates(x, aggregation="dense")
+    assert model.num_intermediates == 5
+    with torch.no_grad():
+        pooled = model.forward_intermediates(x, indices=[2], return_prefix_tokens=True, output_fmt="NLC",
+                                             intermediates_only=True)
+    want = exp["levels"][2]
+    assert_close_rel(pooled[0].summary, want.mean(dim=(2, 3)))
+    assert_close_rel(pooled[0].features, want.flatten(2).transpose(1, 2))
 
 
 def test_window_api_and_auto_policy(written, images):

@@ -127,3 +127,16 @@ def test_knn_example_torchrun_two_processes(setup):
     assert len(lines) == 1  # printed by rank 0 only
     counts = re.search(r"\((\d+)/(\d+) validation images", lines[0]).groups()
     assert (int(counts[0]), int(counts[1])) == (single["correct"], single["total"])
+
+
+def test_knn_example_accepts_eradio(setup, tmp_path, capsys):
+    """E-RADIO checkpoints work the same way (sizes must be multiples of 32; the summary is the token mean)."""
+    from eradio_writer import make_eradio_checkpoint
+
+    ckpt = tmp_path / "eradio.pth.tar"
+    make_eradio_checkpoint(ckpt, "eradio_xxxtiny", {"return_full_features": True, "conv_groups_ratio": 1,
+                                                    "cpb_mlp_hidden": 64, "multi_query": True}, seed=4)
+    eradio = dict(setup, ckpt=ckpt)
+    expected = _brute_force(eradio)
+    result = _load_example().main(_args(eradio))
+    assert result["predictions"] == expected

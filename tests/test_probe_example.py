@@ -186,3 +186,22 @@ def test_parse_layers(example):
         example.parse_layers("4", 4)
     with pytest.raises(ValueError, match="block indices"):
         example.parse_layers("first", 4)
+
+
+def test_eradio_probes_its_feature_pyramid(example, workspace, tmp_path, capsys):
+    """E-RADIO: the probe's "layers" are the five pyramid maps (strides 4, 8, 16, 32 and the neck)."""
+    from eradio_writer import make_eradio_checkpoint
+
+    ckpt = tmp_path / "eradio.pth.tar"
+    make_eradio_checkpoint(ckpt, "eradio_xxxtiny", {"return_full_features": True, "conv_groups_ratio": 1,
+                                                    "cpb_mlp_hidden": 64, "multi_query": True}, seed=2)
+    data = workspace["easy"]
+    code = example.main([
+        "--version", str(ckpt), "--train", str(data / "train"), "--val", str(data / "val"),
+        "--layers", "all", "--probe", "knn", "--k", "3", "--resolution", "64", "--batch-size", "16",
+        "--num-workers", "0", "--device", "cpu", "--seed", "1",
+    ])
+    assert code == 0
+    rows = _parse_table(capsys.readouterr().out)
+    assert [r[0] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(r[2:] == (12, 12) for r in rows), rows
