@@ -138,7 +138,7 @@ class RADIOModel(nn.Module):
         if intermediate_normalizer is not None:
             num_layers, per_layer_rotation = intermediate_normalizer
             inter = IntermediateFeatureNormalizer(num_layers, cfg.embed_dim, per_layer_rotation, dtype=cfg.dtype)
-        return cls(cfg, backbone, InputConditioner(dtype=cfg.dtype), adaptors, feat, inter)
+        return cls(cfg, backbone, InputConditioner(), adaptors, feat, inter)
 
     # ------------------------------------------------------------------------------------------
     # Properties of the original API (all derived from `config`)

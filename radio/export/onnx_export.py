@@ -357,11 +357,7 @@ def _cast_parts(model: "RADIOModel", dtype: torch.dtype, adaptor_names: Sequence
     tensors = [t for p in parts for t in list(p.parameters()) + list(p.buffers()) if t.is_floating_point()]
     if all(t.dtype == dtype for t in tensors):
         return model
-    from ..layers.conditioner import InputConditioner
-
     clone = copy.deepcopy(model)
-    if isinstance(clone.input_conditioner, InputConditioner):
-        clone.input_conditioner.dtype = torch.float32  # the copy's own setting: a float32 reference input
     clone.model.to(dtype)
     clone.feature_normalizer.to(dtype)
     for n in adaptor_names:

@@ -13,16 +13,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class InputConditioner(nn.Module):
-    """Standardize an RGB batch in ``[0, 1]`` in float32 and cast it to ``dtype``.
+    """Standardize an RGB batch in ``[0, 1]`` in float32 (the model casts the result to its backbone's
+    current dtype).
 
     The buffers ``norm_mean`` / ``norm_std`` are float32 ``(3, 1, 1)`` and stay float32 when the
     module is cast (``model.half()`` moves them, but never rounds them): the original computes the
     standardization in float32 (at least; a float64 input stays float64).
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         super().__init__()
-        self.dtype = dtype
         self.register_buffer("norm_mean", torch.tensor(CLIP_MEAN, device=device).view(3, 1, 1))
         self.register_buffer("norm_std", torch.tensor(CLIP_STD, device=device).view(3, 1, 1))
 
@@ -37,7 +37,5 @@ class InputConditioner(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        return ((x - self.norm_mean) / self.norm_std).to(self.dtype)
+        return (x - self.norm_mean) / self.norm_std
 
-    def extra_repr(self) -> str:
-        return f"dtype={self.dtype}"

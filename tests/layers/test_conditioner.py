@@ -11,8 +11,8 @@ def _stats(seed: int = 0):
     return torch.rand(3, 1, 1, generator=g) * 0.5 + 0.25, torch.rand(3, 1, 1, generator=g) * 0.2 + 0.2
 
 
-def _loaded(dtype=torch.float32) -> InputConditioner:
-    cond = InputConditioner(dtype)
+def _loaded() -> InputConditioner:
+    cond = InputConditioner()
     mean, std = _stats()
     cond.load_state_dict({"norm_mean": mean, "norm_std": std})
     return cond
@@ -49,8 +49,8 @@ def test_half_precision_input_is_standardized_in_float32(in_dtype):
     assert not torch.equal(in_dtype_math, expected)  # the test distinguishes the two
 
 
-def test_float64_input_stays_float64_until_the_output_cast():
-    cond = _loaded(torch.float64)
+def test_float64_input_stays_float64():
+    cond = _loaded()
     mean, std = _stats()
     x = torch.rand(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     y = cond(x)
@@ -70,14 +70,24 @@ def test_buffers_stay_float32_after_module_casts(cast):
     assert torch.equal(cond.norm_mean, before[0]) and torch.equal(cond.norm_std, before[1])  # never rounded
 
 
-def test_output_dtype_is_the_model_dtype():
-    cond = _loaded(torch.bfloat16).half()  # a module cast does not change the output dtype attribute
+def test_output_is_float32_whatever_the_module_cast():
+    cond = _loaded().half()  # the model casts to its backbone's dtype; the conditioner never rounds
     mean, std = _stats()
     x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(4))
-    y = cond(x)
-    assert y.dtype == torch.bfloat16
-    assert torch.equal(y, ((x - mean) / std).bfloat16())
-    assert "dtype=torch.bfloat16" in repr(cond)
+    assert torch.equal(cond(x), (x - mean) / std)
+
+
+def test_model_cast_back_to_float32_standardizes_without_rounding(tmp_path):
+    """A bf16 checkpoint cast with .float() computes in float32 end to end (no stale bf16 cast)."""
+    from ckpt_writer import make_checkpoint
+
+    from radio import radio_model
+
+    make_checkpoint(tmp_path / "b.pth.tar", args_dtype=torch.bfloat16)
+    model = radio_model(str(tmp_path / "b.pth.tar")).float()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    cond = model.input_conditioner
+    assert torch.equal(model._condition(x), (x - cond.norm_mean) / cond.norm_std)
 
 
 def test_meta_built_conditioner_takes_assigned_weights():
