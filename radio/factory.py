@@ -21,14 +21,15 @@ from torch import nn
 
 from .args import args_as_loaded, config_from_args, release_info
 from .checkpoint import CheckpointError, load_checkpoint
-from .hf import HFMetadata, read_hf_directory
 from .config import RadioConfig, check_vitdet_window_size
 from .download import resolve_hf_repository, resolve_release
+from .hf import HFMetadata, read_hf_directory
 from .model import RADIOModel
-from .versions import VERSIONS, RadioVersion, get_version, version_for_hf_repo
+from .sources import resolve_source
+from .versions import VERSIONS, RadioVersion
 from .weights import ModelWeights, model_weights
 
-__all__ = ["build_model", "radio_model"]
+__all__ = ["ReadSource", "build_model", "radio_model", "read_source"]
 
 _logger = logging.getLogger(__name__)
 
@@ -126,10 +127,6 @@ def _adaptor_names(adaptor_names: Union[str, Sequence[str], None]) -> List[str]:
     return names
 
 
-def _looks_like_path(version: str) -> bool:
-    return os.sep in version or "/" in version or version.endswith((".pth", ".tar", ".pt", ".pth.tar"))
-
-
 def _warn_unknown_kwargs(kwargs: Mapping[str, Any]) -> None:
     """Unknown keywords are accepted (the original's callers pass some) but never silently."""
     known = [p for p in inspect.signature(radio_model).parameters if p != "kwargs"]
@@ -140,47 +137,7 @@ def _warn_unknown_kwargs(kwargs: Mapping[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class _Source:
-    """Where the weights come from: a local file or directory, a Hub repository id, and the release record."""
-
-    path: Optional[Path]
-    release: Optional[RadioVersion]
-    repo_id: Optional[str] = None
-
-
-def _is_repo_id(version: str) -> bool:
-    """``org/name`` that is not a local path: a Hugging Face Hub model repository."""
-    parts = version.split("/")
-    return (len(parts) == 2 and all(parts) and not version.startswith((".", "~"))
-            and not version.endswith((".pth", ".tar", ".pt", ".safetensors")) and not Path(version).exists())
-
-
-def _resolve_source(version: Any, checkpoint_path: Any) -> _Source:
-    if checkpoint_path is not None:
-        if not isinstance(checkpoint_path, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_path must be a path (str or os.PathLike), got {type(checkpoint_path).__name__}")
-    if version is None:
-        version = ""
-    if not isinstance(version, (str, os.PathLike)):
-        raise TypeError(f"version must be a release name (see radio.list_versions()), a Hugging Face repository id, "
-                        f"or a checkpoint path, got {type(version).__name__} {version!r}")
-    version = os.fspath(version)
-    if checkpoint_path is not None:
-        release = get_version(version) if version and not Path(version).exists() else None
-        return _Source(Path(checkpoint_path), release)
-    if version and Path(version).exists():
-        return _Source(Path(version), None)
-    if version in VERSIONS or not version:
-        return _Source(None, get_version(version))
-    if _is_repo_id(version):
-        return _Source(None, version_for_hf_repo(version), repo_id=version)
-    if _looks_like_path(version):
-        raise FileNotFoundError(f"Checkpoint file or directory not found: {version}")
-    return _Source(None, get_version(version))  # an unknown name: the error lists the known ones
-
-
-@dataclass(frozen=True)
-class _Read:
+class ReadSource:
     """What a reader returned, in the official layout (the weights stage's input)."""
 
     args: Any
@@ -190,14 +147,14 @@ class _Read:
     metadata: Optional[HFMetadata] = None
 
 
-def _read(path: Path, repo_id: Optional[str], extra_safe_globals: Sequence[type]) -> _Read:
+def read_source(path: Path, repo_id: Optional[str], extra_safe_globals: Sequence[type]) -> ReadSource:
     """Read a ``.pth.tar`` file (weights-only unpickler) or a Hugging Face directory (safetensors only)."""
     if path.is_dir():
         repo = read_hf_directory(path, repo_id=repo_id)
-        return _Read(repo.args, repo.state_dict, False, {"args": repo.args, "config": repo.config,
+        return ReadSource(repo.args, repo.state_dict, False, {"args": repo.args, "config": repo.config,
                                                           "state_dict": repo.state_dict}, repo.metadata)
     ckpt = load_checkpoint(path, extra_safe_globals)
-    return _Read(ckpt.args, ckpt.state_dict, ckpt.is_ema, ckpt.raw)
+    return ReadSource(ckpt.args, ckpt.state_dict, ckpt.is_ema, ckpt.raw)
 
 
 def _verify(path: Path, release: Optional[RadioVersion]) -> None:
@@ -270,7 +227,7 @@ def radio_model(
     if kwargs:
         _warn_unknown_kwargs(kwargs)
     names = _adaptor_names(adaptor_names)
-    source = _resolve_source(version, checkpoint_path)
+    source = resolve_source(version, checkpoint_path)
     check_vitdet_window_size(vitdet_window_size, release_info(source.release))  # before any download
 
     if source.path is not None:
@@ -281,7 +238,7 @@ def radio_model(
         path = resolve_release(source.release, progress=progress)
     if verify:
         _verify(path, source.release)
-    read = _read(path, source.repo_id, extra_safe_globals)
+    read = read_source(path, source.repo_id, extra_safe_globals)
     meta = read.metadata
     record = source.release if source.release is not None or meta is None else VERSIONS.get(meta.version or "")
     release = release_info(record, patch_size or (meta and meta.patch_size),

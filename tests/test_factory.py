@@ -1,4 +1,4 @@
-"""radio.factory: which source a `version` names, and the straight load line it starts."""
+"""radio.factory and radio.sources: which source a `version` names, and the straight load line it starts."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from hf_writer import write_remote_code_repo
 
 from radio import WeightsUnavailableError, radio_model
 from radio import download
-from radio.factory import _is_repo_id, _resolve_source
+from radio.sources import is_repo_id as _is_repo_id, resolve_source as _resolve_source
 from radio.versions import VERSIONS
 
 
