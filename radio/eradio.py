@@ -36,6 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .input_checks import check_image_batch, resolve_indices
+
 __all__ = [
     'ERadioSpec',
     'ERadioBackbone',
@@ -54,6 +56,8 @@ _MIN_INPUT_STEP = 32  # total stride of the deepest level
 _BIAS_CACHE_LIMIT = 8  # distinct window sizes whose position bias stays cached per module
 
 WindowArg = Union[int, Literal['optimal'], None]
+#: How the attention window of a forward call is chosen (see :attr:`ERadioBackbone.window_policy`).
+WINDOW_POLICIES = ('fixed', 'auto')
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
@@ -951,7 +955,7 @@ class ERadioBackbone(nn.Module):
         min_input_step: input sides must be multiples of this (32).
         window_size: default window side for forward calls (the construction window until
             :meth:`change_window_size` / :meth:`set_optimal_window_size`).
-        window_policy: ``'fixed'`` uses ``window_size``; ``'optimal'`` picks
+        window_policy: ``'fixed'`` uses ``window_size``; ``'auto'`` picks
             :func:`optimal_window_size` of each call's input (with ``max_window_size=16``).
         num_pyramid_levels: 5 (four levels and the neck).
         pyramid_strides: ``(4, 8, 16, 32, stride)``.
@@ -962,12 +966,10 @@ class ERadioBackbone(nn.Module):
     num_pyramid_levels: int = 5
 
     def __init__(self, spec: ERadioSpec, device: Any = None, dtype: Optional[torch.dtype] = None,
-                 *, window_policy: Literal['fixed', 'optimal'] = 'fixed') -> None:
+                 *, window_policy: Literal['fixed', 'auto'] = 'fixed') -> None:
         super().__init__()
         if not isinstance(spec, ERadioSpec):
             raise TypeError(f'spec must be an ERadioSpec (see eradio_spec()), got {type(spec)}')
-        if window_policy not in ('fixed', 'optimal'):
-            raise ValueError(f"window_policy must be 'fixed' or 'optimal', got {window_policy!r}")
         fk = {'device': device, 'dtype': dtype}
         self.spec = spec
         widths = spec.widths
@@ -985,11 +987,22 @@ class ERadioBackbone(nn.Module):
         self.stride = spec.neck_stride
         self.embed_dim = spec.full_features_head_dim
         self.window_size = spec.window_size
-        self.window_policy = window_policy
+        self.window_policy = window_policy  # validated by the property setter
         self.pyramid_strides: Tuple[int, ...] = (4, 8, 16, 32, self.stride)
         self.pyramid_channels: Tuple[int, ...] = tuple(widths) + (self.embed_dim,)
 
     # -- window size ------------------------------------------------------------------------
+
+    @property
+    def window_policy(self) -> str:
+        """``'fixed'`` (use :attr:`window_size`) or ``'auto'`` (the optimal window of each call's input)."""
+        return self._window_policy
+
+    @window_policy.setter
+    def window_policy(self, value: str) -> None:
+        if value not in WINDOW_POLICIES:
+            raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {value!r}")
+        self._window_policy = value
 
     def change_window_size(self, new_window_size: int) -> None:
         """Set the default window side of the attention levels.
@@ -1019,7 +1032,7 @@ class ERadioBackbone(nn.Module):
 
     def _resolve_window(self, window_size: WindowArg, hw: Tuple[int, int]) -> int:
         if window_size is None:
-            if self.window_policy == 'optimal':
+            if self.window_policy == 'auto':
                 return optimal_window_size(hw)
             return self.window_size
         if window_size == 'optimal':
@@ -1066,18 +1079,8 @@ class ERadioBackbone(nn.Module):
     # -- forward ----------------------------------------------------------------------------
 
     def _check_input(self, x: Tensor) -> Tuple[int, int]:
-        if not isinstance(x, Tensor):
-            raise TypeError(f'expected a tensor (B, 3, H, W), got {type(x).__name__}')
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f'expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}')
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        step = self.min_input_step
-        if h % step or w % step or h < step or w < step:
-            raise ValueError(
-                f'E-RADIO needs input dimensions divisible by {step} (and at least {step}); got '
-                f'{h} x {w}. Resize to e.g. {max(step, round(h / step) * step)} x '
-                f'{max(step, round(w / step) * step)}')
-        return h, w
+        check_image_batch(x, self.min_input_step)
+        return int(x.shape[-2]), int(x.shape[-1])
 
     def _run_levels(self, x: Tensor, window: int, last_level: int) -> List[Tensor]:
         # Channels-last activations: the convolutions (half the time at 512x512) run markedly
@@ -1109,32 +1112,6 @@ class ERadioBackbone(nn.Module):
         pres = self._run_levels(x, window, 3)
         return self.high_res_neck(pres).contiguous()
 
-    def _resolve_indices(self, indices: Union[None, int, Sequence[int]]) -> List[int]:
-        n = self.num_pyramid_levels
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, bool):
-            raise TypeError('indices must be None, an int or a sequence of ints, got a bool')
-        if isinstance(indices, int):
-            if not 1 <= indices <= n:
-                raise ValueError(f'indices={indices} asks for the last {indices} outputs; use '
-                                 f'1..{n}')
-            return list(range(n - indices, n))
-        if not isinstance(indices, (list, tuple)):
-            raise TypeError(f'indices must be None, an int or a sequence of ints, got '
-                            f'{type(indices).__name__}')
-        out = []
-        for i in indices:
-            if isinstance(i, bool) or not isinstance(i, int):
-                raise TypeError(f'pyramid indices must be ints, got {i!r}')
-            if not -n <= i < n:
-                raise ValueError(f'pyramid index {i} out of range; valid: {-n}..{n - 1} '
-                                 '(0-3: levels at strides 4, 8, 16, 32; 4: the neck)')
-            out.append(i % n)
-        if not out:
-            raise ValueError('indices must select at least one pyramid output')
-        return out
-
     def forward_pyramid(self, x: Tensor, indices: Union[None, int, Sequence[int]] = None,
                         stop_early: bool = False, window_size: WindowArg = None) -> List[Tensor]:
         """Multi-scale feature maps.
@@ -1145,7 +1122,8 @@ class ERadioBackbone(nn.Module):
         Args:
             x: ``(B, 3, H, W)`` conditioned image, sides multiples of 32.
             indices: ``None`` (all five), an int ``n`` (the last ``n``), or a sequence of indices
-                in ``-5..4`` (negative counts from the end). Outputs follow this order.
+                in ``-5..4`` (negative counts from the end). Outputs are in ascending order, each once
+                (the rule of every ``forward_intermediates``).
             stop_early: do not run levels after the deepest selected one. The neck consumes
                 levels ``n0..3``, so selecting it (index 4) always runs all levels. With
                 ``stop_early=False`` the whole network (neck included) runs, like ``forward``.
@@ -1157,7 +1135,7 @@ class ERadioBackbone(nn.Module):
         Raises:
             ValueError / TypeError: bad indices or input size.
         """
-        take = self._resolve_indices(indices)
+        take = resolve_indices(indices, self.num_pyramid_levels)
         hw = self._check_input(x)
         window = self._resolve_window(window_size, hw)
         want_neck = 4 in take or not stop_early

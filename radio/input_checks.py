@@ -9,14 +9,15 @@ run while the model is traced, compiled or exported, so no graph ever contains t
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from typing import Optional, Set
+from typing import List, Optional, Sequence, Set, Union
 
 import torch
 
 from .outputs import Resolution, nearest_multiple
 
-__all__ = ["check_image_batch", "check_image_values", "is_tracing", "nearest_supported_resolution"]
+__all__ = ["check_image_batch", "check_image_values", "is_tracing", "nearest_supported_resolution", "resolve_indices"]
 
 #: A float image whose maximum exceeds this is almost surely on the 0-255 scale.
 MAX_PLAUSIBLE = 1.5
@@ -123,3 +124,42 @@ def check_image_values(x: torch.Tensor, *, standardizes: bool, max_resolution: O
         warned.add("scale")
         warnings.warn(f"The input's maximum is {hi:.4g}, but RADIO expects RGB values in [0, 1]: it looks like a "
                       "0-255 image. Divide it by 255 (x.float() / 255).", UserWarning, stacklevel=4)
+
+
+def resolve_indices(indices: Union[int, Sequence[int], None], depth: int) -> List[int]:
+    """Indices selected by ``indices`` among ``depth`` outputs (blocks, or E-RADIO's pyramid maps), ascending, unique.
+
+    ``None`` selects every block; an int ``n`` the last ``n``; a sequence selects its entries, with
+    negative entries counted from the end.
+
+    Raises:
+        ValueError: ``n`` outside ``1..depth``, an entry out of range, or an empty selection.
+    """
+    if indices is None:
+        return list(range(depth))
+    if torch.is_tensor(indices):
+        if indices.is_floating_point() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must hold integers, got a {indices.dtype} tensor")
+        indices = indices.tolist()
+    if isinstance(indices, bool) or isinstance(indices, str) or not isinstance(indices, (numbers.Integral, Sequence)):
+        raise TypeError(f"indices must be None, an int or a sequence of ints (block indices), got "
+                        f"{type(indices).__name__} {indices!r}")
+    if isinstance(indices, numbers.Integral):
+        indices = int(indices)
+        if not 1 <= indices <= depth:
+            raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}, "
+                             f"so use 1..{depth} (or a list of block indices).")
+        return list(range(depth - indices, depth))
+    out = set()
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"indices must be block indices (ints), got the element {i!r} ({type(i).__name__})")
+        i = int(i)
+        j = depth + i if i < 0 else i
+        if not 0 <= j < depth:
+            raise ValueError(f"block index {i} is out of range for a model with {depth} blocks "
+                             f"(valid: {-depth}..{depth - 1}).")
+        out.add(j)
+    if not out:
+        raise ValueError("indices selects no block; pass at least one block index.")
+    return sorted(out)

@@ -8,7 +8,6 @@ original fails or silently misbehaves.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -20,7 +19,8 @@ from .eradio import ERadioBackbone
 from .layers.conditioner import InputConditioner
 from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer, NullIntermediateNormalizer
 from .config import RadioConfig, TeacherConfig
-from .input_checks import check_image_batch, check_image_values, is_tracing, nearest_supported_resolution
+from .input_checks import (check_image_batch, check_image_values, is_tracing, nearest_supported_resolution,
+                           resolve_indices)
 from .outputs import RadioOutput, Resolution, check_feature_fmt, to_nchw
 from .packed import PackedImages, check_packed, pack_images
 
@@ -28,47 +28,7 @@ __all__ = ["RADIOModel", "ForwardOutput", "resolve_indices"]
 
 ForwardOutput = Union[RadioOutput, Dict[str, RadioOutput]]
 AGGREGATIONS = ("sparse", "dense")
-WINDOW_POLICIES = ("fixed", "auto")
 ALPHA_SCHEMES = ("post-alpha", "pre-alpha", "none")
-
-
-def resolve_indices(indices: Union[int, Sequence[int], None], depth: int) -> List[int]:
-    """Block indices selected by ``indices`` (ascending, unique).
-
-    ``None`` selects every block; an int ``n`` the last ``n``; a sequence selects its entries, with
-    negative entries counted from the end.
-
-    Raises:
-        ValueError: ``n`` outside ``1..depth``, an entry out of range, or an empty selection.
-    """
-    if indices is None:
-        return list(range(depth))
-    if torch.is_tensor(indices):
-        if indices.is_floating_point() or indices.dtype == torch.bool:
-            raise TypeError(f"indices must hold integers, got a {indices.dtype} tensor")
-        indices = indices.tolist()
-    if isinstance(indices, bool) or isinstance(indices, str) or not isinstance(indices, (numbers.Integral, Sequence)):
-        raise TypeError(f"indices must be None, an int or a sequence of ints (block indices), got "
-                        f"{type(indices).__name__} {indices!r}")
-    if isinstance(indices, numbers.Integral):
-        indices = int(indices)
-        if not 1 <= indices <= depth:
-            raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}, "
-                             f"so use 1..{depth} (or a list of block indices).")
-        return list(range(depth - indices, depth))
-    out = set()
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise TypeError(f"indices must be block indices (ints), got the element {i!r} ({type(i).__name__})")
-        i = int(i)
-        j = depth + i if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"block index {i} is out of range for a model with {depth} blocks "
-                             f"(valid: {-depth}..{depth - 1}).")
-        out.add(j)
-    if not out:
-        raise ValueError("indices selects no block; pass at least one block index.")
-    return sorted(out)
 
 
 class RADIOModel(nn.Module):
@@ -96,7 +56,6 @@ class RADIOModel(nn.Module):
         self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
         self.inter_feature_normalizer = inter_feature_normalizer
         self._warned: Set[str] = set()  # input warnings already given (once per model)
-        self._window_policy = "fixed"
 
     def reset_non_persistent_buffers(self) -> None:
         """(Re)create the constant buffers, e.g. after the model was built on the meta device."""
@@ -213,16 +172,16 @@ class RADIOModel(nn.Module):
     def window_policy(self) -> str:
         """E-RADIO: ``'fixed'`` (the window set by :meth:`change_window_size`, default the construction
         window) or ``'auto'`` (each call uses the optimal window for its own input size, computed per
-        call: no shared state changes, so threads with different sizes do not interfere)."""
-        return self._window_policy
+        call: no shared state changes, so threads with different sizes do not interfere). The setting
+        lives on the backbone (``model.model.window_policy``); ViTs are always ``'fixed'``."""
+        return self.model.window_policy if self.config.is_eradio else "fixed"
 
     @window_policy.setter
     def window_policy(self, value: str) -> None:
-        if value not in WINDOW_POLICIES:
-            raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {value!r}")
         if value != "fixed" and not self.config.is_eradio:
             raise ValueError("window_policy applies to E-RADIO models only (ViTs use vitdet_window_size)")
-        self._window_policy = value
+        if self.config.is_eradio:
+            self.model.window_policy = value
 
     def _eradio_backbone(self, what: str) -> "ERadioBackbone":
         if not self.config.is_eradio:
@@ -238,8 +197,7 @@ class RADIOModel(nn.Module):
         self._eradio_backbone("change_window_size").change_window_size(new_window_size)
 
     def _eradio_forward(self, x: torch.Tensor, feature_fmt: str) -> ForwardOutput:
-        window = "optimal" if self._window_policy == "auto" else None
-        return self._extract_eradio(self.model(x, window_size=window), feature_fmt)
+        return self._extract_eradio(self.model(x), feature_fmt)
 
     def _extract_eradio(self, neck: torch.Tensor, feature_fmt: str,
                         adaptor_names: Optional[Sequence[str]] = None) -> ForwardOutput:
@@ -262,9 +220,15 @@ class RADIOModel(nn.Module):
         """Kept for API compatibility: ViTs have nothing to re-parametrize, and E-RADIO folds its
         BatchNorms and caches its position bias automatically in eval mode."""
 
+    def _vit_backbone(self, what: str) -> RadioViT:
+        if self.config.is_eradio:
+            raise NotImplementedError(f"{what} applies to ViT backbones; E-RADIO ({self.config.arch.name}) has "
+                                      "convolutional levels and no transformer blocks to checkpoint or prune.")
+        return self.model
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in the backward pass (less memory when fine-tuning)."""
-        self.model.grad_checkpointing = enable
+        """Recompute block activations in the backward pass (less memory when fine-tuning; ViTs)."""
+        self._vit_backbone("set_grad_checkpointing").grad_checkpointing = enable
 
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int], None] = 1,
                                   prune_norm: bool = False) -> List[int]:
@@ -274,8 +238,9 @@ class RADIOModel(nn.Module):
             indices: as in :meth:`forward_intermediates`.
             prune_norm: also drop the backbone's final norm.
         """
-        take = resolve_indices(indices, len(self.model.blocks))
-        self.model.blocks = self.model.blocks[: take[-1] + 1]
+        backbone = self._vit_backbone("prune_intermediate_layers")
+        take = resolve_indices(indices, len(backbone.blocks))
+        backbone.blocks = backbone.blocks[: take[-1] + 1]
         if prune_norm:
             self.model.norm = nn.Identity()
         return take
@@ -392,13 +357,12 @@ class RADIOModel(nn.Module):
             raise ValueError("E-RADIO's forward_intermediates returns its feature pyramid (levels at strides "
                              "4, 8, 16, 32 and the neck), whose maps differ in size and width: norm and "
                              "aggregation='dense' apply to ViTs only.")
-        window = "optimal" if self._window_policy == "auto" else None
         x = self._condition(x)
         if intermediates_only:
-            maps = self.model.forward_pyramid(x, indices, stop_early=stop_early, window_size=window)
+            maps = self.model.forward_pyramid(x, indices, stop_early=stop_early)
         else:  # one pass gives both the selected maps and the neck behind the final output
-            every = self.model.forward_pyramid(x, None, window_size=window)
-            maps = [every[i] for i in self.model._resolve_indices(indices)]
+            every = self.model.forward_pyramid(x, None)
+            maps = [every[i] for i in resolve_indices(indices, self.model.num_pyramid_levels)]
         results: list = [m if output_fmt == "NCHW" else m.flatten(2).transpose(1, 2) for m in maps]
         if return_prefix_tokens:
             results = [RadioOutput(m.flatten(2).mean(dim=2), r) for m, r in zip(maps, results)]

@@ -148,3 +148,18 @@ def test_half_cast_runs(written, images):
         ref = radio_model(written.path)(x)
     assert out.features.dtype == torch.float16
     assert_close_rel(out.features.float(), ref.features, tol=1e-2)
+
+
+def test_one_window_policy_and_vit_only_helpers(written):
+    model = radio_model(written.path)
+    model.model.window_policy = "auto"  # the original's object (model.model) and the wrapper agree
+    assert model.window_policy == "auto"
+    model.window_policy = "fixed"
+    assert model.model.window_policy == "fixed"
+    for call in (lambda: model.set_grad_checkpointing(True), lambda: model.prune_intermediate_layers(2)):
+        with pytest.raises(NotImplementedError, match="applies to ViT backbones"):
+            call()
+    with torch.no_grad():  # indices follow the rule of every forward_intermediates: ascending, unique
+        maps = model.forward_intermediates(torch.rand(1, 3, 64, 64), indices=torch.tensor([4, 0, 0]),
+                                           intermediates_only=True)
+    assert [m.shape[1] for m in maps] == [model.model.pyramid_channels[0], model.embed_dim]
