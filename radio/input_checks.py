@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import List, Optional, Sequence, Set, Union
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -85,33 +85,38 @@ def check_image_batch(x: torch.Tensor, step: int, channels: int = 3) -> None:
 
 
 def check_image_values(x: torch.Tensor, *, standardizes: bool, max_resolution: Optional[int],
-                       warned: Set[str]) -> None:
+                       warned: Set[str], sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                       image_of: Optional[torch.Tensor] = None) -> None:
     """Warn about inputs that are valid tensors but likely mistakes.
 
     Args:
-        x: the image batch.
+        x: the image batch ``(B, 3, H, W)`` (or packed patches viewed as ``(N, 3, ps, ps)``).
         standardizes: whether the model still applies its input conditioner (expects ``[0, 1]``).
         max_resolution: the largest side the model was trained for, when known.
         warned: causes already reported by this model; range warnings are given once per model
             (non-finite pixels every time, since they concern one batch).
+        sizes: the images' ``(H, W)`` when ``x`` holds packed patches (default: ``x``'s own size).
+        image_of: for packed patches, the image index of each row of ``x`` (for the NaN message).
     """
     if is_tracing():
         return
-    h, w = x.shape[-2:]
+    h, w = max(sizes, key=max) if sizes else tuple(x.shape[-2:])
     if max_resolution is not None and max(h, w) > max_resolution and "max_resolution" not in warned:
         warned.add("max_resolution")
         warnings.warn(f"Input size {h}x{w} exceeds this model's max_resolution {max_resolution}: outputs degrade "
                       "past the trained range; resize the image (see get_nearest_supported_resolution).",
                       UserWarning, stacklevel=4)
-    finite = torch.isfinite(x).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
+    lo, hi = (float(v) for v in torch.aminmax(x))  # one pass, one sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN/Inf propagate: only then find the images
+        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        rows = torch.nonzero(~finite).flatten()
+        bad = sorted(set((image_of[rows] if image_of is not None else rows).tolist()))
         warnings.warn(f"Images {bad} of the batch contain NaN or Inf pixels; their outputs will be NaN.",
                       UserWarning, stacklevel=4)
-        x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        rest = x[finite]
+        lo, hi = (float(v) for v in torch.aminmax(rest)) if rest.numel() else (0.0, 1.0)
     if not standardizes:
         return
-    lo, hi = float(x.amin()), float(x.amax())
     # Clearly negative first: a 0-255 image is never negative, a standardized one often exceeds 1.5.
     if lo < MIN_PLAUSIBLE:
         if "standardized" not in warned:

@@ -19,8 +19,7 @@ from .eradio import ERadioBackbone
 from .layers.conditioner import InputConditioner
 from .layers.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer, NullIntermediateNormalizer
 from .config import RadioConfig, TeacherConfig
-from .input_checks import (check_image_batch, check_image_values, is_tracing, nearest_supported_resolution,
-                           resolve_indices)
+from .input_checks import check_image_batch, check_image_values, nearest_supported_resolution, resolve_indices
 from .outputs import RadioOutput, Resolution, check_feature_fmt, to_nchw
 from .packed import PackedImages, check_packed, pack_images
 
@@ -277,9 +276,8 @@ class RADIOModel(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         """Shape errors, then (eager calls only) warnings for likely mistakes in the values."""
         check_image_batch(x, self.min_resolution_step)
-        if not is_tracing():
-            check_image_values(x, standardizes=not isinstance(self.input_conditioner, nn.Identity),
-                               max_resolution=self.config.release.max_resolution, warned=self._warned)
+        check_image_values(x, standardizes=not isinstance(self.input_conditioner, nn.Identity),
+                           max_resolution=self.config.release.max_resolution, warned=self._warned)
 
     def _condition(self, x: torch.Tensor) -> torch.Tensor:
         """Standardize (in float32) and cast to the backbone's current dtype (it follows ``.half()`` etc.)."""
@@ -504,29 +502,22 @@ class RADIOModel(nn.Module):
         is_packed = isinstance(images, PackedImages) or (
             isinstance(images, tuple) and len(images) == 2 and all(torch.is_tensor(t) for t in images)
             and images[0].ndim == 2)
-        if is_packed:
-            patches, grid = images
-            grids = check_packed(PackedImages(patches, grid), ps, self.min_resolution_step)
-            if not is_tracing():
-                check_image_values(patches.reshape(-1, 3, ps, ps),
-                                   standardizes=not isinstance(self.input_conditioner, nn.Identity),
-                                   max_resolution=None, warned=self._warned)
-        else:
-            if torch.is_tensor(images) or not isinstance(images, (list, tuple)):
-                raise TypeError(f"forward_packed takes a list of (3, H, W) images or a radio.PackedImages, got "
-                                f"{type(images).__name__}; for an equal-size batch (B, 3, H, W) call model(x).")
-            if not images:
-                raise ValueError("forward_packed got an empty list; pass at least one (3, H, W) image.")
-            for i, img in enumerate(images):
-                if not torch.is_tensor(img) or img.ndim != 3:
-                    shape = tuple(img.shape) if torch.is_tensor(img) else type(img).__name__
-                    raise ValueError(f"forward_packed: image {i} is {shape}; each image must be a (3, H, W) tensor.")
-                try:
-                    self._check_input(img.unsqueeze(0))
-                except (TypeError, ValueError) as e:
-                    raise type(e)(f"image {i}: {e}") from None
-            packed = pack_images(images, ps)
-            patches, grids = packed.patches, [tuple(g) for g in packed.grid_hw.tolist()]
+        if not is_packed and isinstance(images, (list, tuple)):
+            for i, img in enumerate(images):  # shapes only (no pass over the pixels): the forward's own messages
+                if torch.is_tensor(img) and img.ndim == 3:
+                    try:
+                        check_image_batch(img.unsqueeze(0), self.min_resolution_step)
+                    except (TypeError, ValueError) as e:
+                        raise type(e)(f"image {i}: {e}") from None
+        packed = PackedImages(*images) if is_packed else pack_images(images, ps)  # type, dtype, device checks
+        grids = check_packed(packed, ps, self.min_resolution_step)  # the model's step (ViTDet windows)
+        patches = packed.patches
+        counts = torch.tensor([h * w for h, w in grids], device=patches.device)
+        check_image_values(patches.reshape(-1, 3, ps, ps),
+                           standardizes=not isinstance(self.input_conditioner, nn.Identity),
+                           max_resolution=self.config.release.max_resolution, warned=self._warned,
+                           sizes=[(h * ps, w * ps) for h, w in grids],
+                           image_of=torch.repeat_interleave(torch.arange(len(grids), device=patches.device), counts))
         conditioned = self._condition(patches.reshape(-1, 3, ps, ps)).reshape(patches.shape[0], -1)
         return conditioned, grids
 

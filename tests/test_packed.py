@@ -174,7 +174,7 @@ def test_bad_inputs(model):
         model.forward_packed(_images([(32, 32), (40, 64)]))
     with pytest.raises(TypeError, match="mixed inputs"):
         model.forward_packed([_images([(32, 32)])[0], _images([(32, 32)], dtype=torch.float64)[0]])
-    with pytest.raises(ValueError, match=r"image 0 is \(1, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"image 0 has shape \(1, 3, 32, 32\).*drop the batch axis"):
         model.forward_packed([torch.rand(1, 3, 32, 32)])
     with pytest.raises(TypeError, match="for an equal-size batch"):
         model.forward_packed(torch.rand(2, 3, 32, 32))
@@ -202,3 +202,22 @@ def test_training_mode_and_non_vit_refused(model):
     m.model = nn.Identity()  # stands in for a convolutional (E-RADIO) backbone
     with pytest.raises(NotImplementedError, match="needs a ViT backbone"):
         m.forward_packed(_images([(32, 32)]))
+
+
+def test_packed_input_warnings_name_images_and_sizes(model):
+    """The guard rails of forward apply per image: NaN names the image, not a patch row; sizes count whole images."""
+    import dataclasses
+    import warnings
+
+    imgs = _images([(32, 32), (64, 32), (32, 48)])
+    imgs[2][0, 5, 5] = float("nan")
+    with pytest.warns(UserWarning, match=r"Images \[2\] of the batch contain NaN"):
+        model.forward_packed(imgs)
+    capped = copy.deepcopy(model)
+    capped.config = dataclasses.replace(capped.config, release=dataclasses.replace(capped.config.release,
+                                                                                   max_resolution=48))
+    with pytest.warns(UserWarning, match="Input size 64x32 exceeds this model's max_resolution 48"):
+        capped.forward_packed(_images([(32, 32), (64, 32)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        capped.forward_packed(_images([(32, 32), (48, 32)]))
