@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import TeacherConfig
-from .heads import build_head, upsample_tokens
+from .heads import HeadMismatchError, build_head, upsample_tokens
 from .outputs import RadioOutput, to_nchw
 from .text_encoders import build_text_encoder
 
@@ -56,21 +56,21 @@ class Adaptor(nn.Module):
         Build it under ``torch.device('meta')`` and assign the weights afterwards.
 
         Raises:
-            ValueError: a head variant that is unknown or does not match its state dict (the message
-                names the adaptor and the head).
+            HeadMismatchError: a head variant that is unknown or does not match its state dict (the
+                message names the adaptor and the head; a ``ValueError``).
         """
         heads = []
         for what, variant, sd in (("summary", teacher.summary_head, summary_state),
                                   ("feature", teacher.feature_head, feature_state)):
             label = f"adaptor {teacher.name!r} {what} head"
             if variant is None:
-                raise ValueError(f"{label}: the checkpoint's args give no mlp_version for its heads")
+                raise HeadMismatchError(f"{label}: the checkpoint's args give no mlp_version for its heads")
             if what == "summary" and variant == "attn":
-                raise ValueError(f"{label}: 'attn' is not a valid summary head variant")
+                raise HeadMismatchError(f"{label}: 'attn' is not a valid summary head variant")
             try:
                 heads.append(build_head(sd, variant))
-            except ValueError as e:
-                raise ValueError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
+            except HeadMismatchError as e:
+                raise HeadMismatchError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
         text = build_text_encoder(teacher.raw, weights=text_weights)
         return cls(teacher.name, teacher.token_slot, heads[0], heads[1], teacher.fd_upsample_factor, text=text)
 

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError
 from .config import RadioConfig, ReleaseInfo, TeacherConfig, as_resolution
 from .versions import RadioVersion
 
-__all__ = ["args_as_loaded", "config_from_args", "release_info"]
+__all__ = ["args_as_loaded", "config_from_args", "release_info", "summary_indices"]
 
 _REQUIRED = ("model", "model_kwargs", "teachers", "cpe_max_size")
 #: ``model_kwargs`` entries that only matter for training-time initialization.
@@ -49,6 +49,14 @@ def _summary_idxs(teachers: Tuple[TeacherConfig, ...], per_teacher: bool) -> Tup
         if t.use_summary and t.name not in first:
             first[t.name] = t.index
     return tuple(sorted(first.values()))
+
+
+def summary_indices(args: argparse.Namespace) -> Tuple[int, ...]:
+    """The summary tokens that form the backbone summary (first teacher of each name that has
+    ``use_summary``; ``(0,)`` with one shared summary token): the one rule, also for Hugging Face args."""
+    per_teacher = bool(getattr(args, "cls_token_per_teacher", True))
+    teachers = tuple(_teacher(i, t, per_teacher, args) for i, t in enumerate(getattr(args, "teachers", None) or ()))
+    return _summary_idxs(teachers, per_teacher)
 
 
 def _teacher(index: int, raw: Any, per_teacher: bool, args: argparse.Namespace) -> TeacherConfig:
@@ -133,7 +141,7 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
                                                              and arch.final_norm))
     cfg = RadioConfig(
         arch=arch,
-        cpe_max_size=None if args.cpe_max_size is None else int(args.cpe_max_size),
+        cpe_max_size=None if eradio or args.cpe_max_size is None else int(args.cpe_max_size),
         num_cls_tokens=num_cls,
         num_registers=num_reg,
         summary_idxs=_summary_idxs(teachers, per_teacher),

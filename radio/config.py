@@ -20,6 +20,7 @@ import torch
 
 from .architectures import ArchSpec
 from .eradio import ERadioSpec
+from .layers.patch_generator import position_grid_size
 from .outputs import Resolution
 
 __all__ = ["HEAD_VARIANTS", "ReleaseInfo", "RadioConfig", "TEXT_TEACHER_TYPES", "TeacherConfig", "as_resolution",
@@ -152,7 +153,7 @@ class RadioConfig:
         """Side ``G`` of the position table (Python ``round``, as the original); ``None`` for E-RADIO."""
         if self.cpe_max_size is None:
             return None
-        return int(round(self.cpe_max_size / self.arch.patch_size))
+        return position_grid_size(self.cpe_max_size, self.arch.patch_size)
 
     @property
     def max_resolution(self) -> Optional[int]:

@@ -23,6 +23,7 @@ from .args import args_as_loaded, config_from_args, release_info
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import RadioConfig, check_vitdet_window_size
 from .download import resolve_hf_repository, resolve_release
+from .heads import HeadMismatchError
 from .hf import HFMetadata, read_hf_directory
 from .model import RADIOModel
 from .sources import resolve_source
@@ -98,9 +99,7 @@ def build_model(cfg: RadioConfig, weights: ModelWeights,
             model = RADIOModel.from_config(cfg, heads, feature_normalizer=weights.feature_normalizer is not None,
                                            intermediate_normalizer=weights.intermediate_normalizer_shape,
                                            text_weights=text_weights)
-    except ValueError as e:
-        if isinstance(e, CheckpointError) or not str(e).startswith("adaptor "):
-            raise
+    except HeadMismatchError as e:  # the file's heads do not fit its args: a checkpoint problem
         raise CheckpointError(str(e)) from None
     _assign(model, weights.state_dict())
     return model.eval()

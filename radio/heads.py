@@ -16,9 +16,14 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Block
 
-__all__ = ["AttnHead", "MlpV1", "MlpV2", "build_head", "head_sizes", "upsample_tokens", "HEAD_VERSIONS"]
+__all__ = ["AttnHead", "HEAD_VERSIONS", "HeadMismatchError", "MlpV1", "MlpV2", "build_head", "head_sizes",
+           "upsample_tokens"]
 
 HEAD_VERSIONS = ("v1", "v2", "attn")
+
+
+class HeadMismatchError(ValueError):
+    """An adaptor head whose variant or weights do not fit together (the loader adds the file context)."""
 _ATTN_HEADS = 16
 
 
@@ -66,7 +71,7 @@ class AttnHead(nn.Module):
     def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
         super().__init__()
         if in_features % _ATTN_HEADS:
-            raise ValueError(f"an 'attn' head needs a width divisible by {_ATTN_HEADS}, got {in_features}")
+            raise HeadMismatchError(f"an 'attn' head needs a width divisible by {_ATTN_HEADS}, got {in_features}")
         self.blocks = nn.Sequential(*[
             Block(in_features, _ATTN_HEADS, mlp_ratio=4.0, qkv_bias=False, init_values=1e-5) for _ in range(2)
         ])
@@ -78,14 +83,14 @@ class AttnHead(nn.Module):
 
 def _weight(sd: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
     if f"{layer}.weight" not in sd:
-        raise ValueError(f"adaptor head weights lack '{layer}.weight'")
+        raise HeadMismatchError(f"adaptor head weights lack '{layer}.weight'")
     return sd[f"{layer}.weight"]
 
 
 def head_sizes(sd: Mapping[str, torch.Tensor], version: str) -> Tuple[int, int, int, int]:
     """``(in, hidden, out, num_inner)`` of a head from its state dict (keys relative to the head)."""
     if version not in HEAD_VERSIONS:
-        raise ValueError(f"Unsupported adaptor MLP version {version!r}; known versions: {', '.join(HEAD_VERSIONS)}")
+        raise HeadMismatchError(f"Unsupported adaptor MLP version {version!r}; known versions: {', '.join(HEAD_VERSIONS)}")
     if version == "attn":
         hidden, in_features = _weight(sd, "mlp.fc1").shape
         return in_features, hidden, _weight(sd, "mlp.final.2").shape[0], 0

@@ -15,7 +15,8 @@ Layouts:
   (``embeddings.*``, ``encoder.layer.*``), LayerScale as ``layer_scale{1,2}.lambda1``.
 
 Only ``config.json`` and ``*.safetensors`` are read: Python files in the directory are never
-imported or executed and nothing is unpickled. Tensors are memory-mapped by safetensors.
+imported or executed and nothing is unpickled. Tensors are memory-mapped views of the safetensors files
+(read by a small header parser here, so nothing is copied).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .args import summary_indices
 from .checkpoint import CheckpointError
 
-__all__ = ["HFMetadata", "HFRepository", "is_hf_directory", "read_hf_directory", "repo_id_from_path",
-           "remote_code_summary_idxs"]
+__all__ = ["HFMetadata", "HFRepository", "is_hf_directory", "read_hf_directory", "repo_id_from_path"]
 
 _logger = logging.getLogger(__name__)
 
@@ -259,17 +260,6 @@ def _read_weights(path: Path) -> StateDict:
 # Shared rules
 
 
-def remote_code_summary_idxs(args: argparse.Namespace) -> List[int]:
-    """The backbone summary tokens by the hub rule: first index per name, or ``[0]``."""
-    if not bool(getattr(args, "cls_token_per_teacher", True)):
-        return [0]
-    first: Dict[str, int] = {}
-    for i, t in enumerate(getattr(args, "teachers", None) or ()):
-        if isinstance(t, Mapping) and t.get("use_summary", True) and t.get("name") not in first:
-            first[t.get("name")] = i
-    return sorted(first.values())
-
-
 def _dtype(value: Any, what: str, path: Path) -> Any:
     if value is None or isinstance(value, torch.dtype):
         return value
@@ -398,12 +388,12 @@ def _read_remote_code(path: Path, config: Dict[str, Any], raw: StateDict,
 
     stored = raw.get("radio_model.summary_idxs")
     if stored is not None:
-        hub = remote_code_summary_idxs(args)
+        hub = list(summary_indices(args))
         if stored.tolist() != hub:
             from .eradio import is_eradio
 
-            # E-RADIO's summary is the mean of the neck features: the indices have no effect there
-            #, and every exported E-RADIO repository differs, so no warning.
+            # E-RADIO's summary is the mean of the neck features: the indices have no effect there,
+            # and every exported E-RADIO repository differs, so no warning.
             log = _logger.info if is_eradio(str(args.model)) else _logger.warning
             log("%s: the stored summary_idxs %s differ from the hub rule %s (remote-code defect); "
                 "the hub rule is used", path, stored.tolist(), hub)

@@ -163,3 +163,10 @@ def test_one_window_policy_and_vit_only_helpers(written):
         maps = model.forward_intermediates(torch.rand(1, 3, 64, 64), indices=torch.tensor([4, 0, 0]),
                                            intermediates_only=True)
     assert [m.shape[1] for m in maps] == [model.model.pyramid_channels[0], model.embed_dim]
+
+
+def test_a_position_table_size_in_eradio_args_is_ignored(tmp_path):
+    """E-RADIO has no position table: a cpe_max_size in its args must not invent a max_resolution."""
+    w = make_eradio_checkpoint(tmp_path / "c.pth.tar", "eradio_xxxtiny", dict(KW), extra_args={"cpe_max_size": 2048})
+    model = radio_model(w.path)
+    assert model.config.cpe_max_size is None and model.max_resolution is None
