@@ -113,9 +113,17 @@ def run_method(method: str, ckpt: str, n: int, repeats: int, max_tokens: int) ->
             "buckets": len({tuple(i.shape[-2:]) for i in images})}
 
 
+def block_diagonal_mask(segments, device=None) -> torch.Tensor:
+    """Boolean ``(L, L)`` mask, true where query and key belong to the same segment (the alternative
+    to per-segment attention that this benchmark compares against)."""
+    ids = torch.repeat_interleave(torch.arange(len(segments), device=device),
+                                  torch.tensor(segments.lengths, device=device))
+    return ids[:, None] == ids[None, :]
+
+
 def attention_comparison(n: int) -> Dict[str, float]:
     """Per-segment SDPA vs one SDPA with a block-diagonal mask, ViT-B head layout, the mixed set."""
-    from radio.packed import block_diagonal_mask, make_segments, varlen_attention
+    from radio.packed import make_segments, varlen_attention
 
     grids = [(h // 16, w // 16) for h, w in mixed_sizes(n)]
     seg = make_segments(grids, 8)

@@ -12,7 +12,6 @@ Nothing here runs at import time, and library code never changes the hub directo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from .integrity import sha256_of_file
 from .versions import RadioVersion
 
 __all__ = ["WeightsUnavailableError", "HF_REPOSITORY_FILES", "cached_hf_snapshot", "hub_unreachable_reason",
@@ -47,18 +47,10 @@ def torch_hub_cached_path(version: RadioVersion) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / version.filename
 
 
-def _sha256(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify(version: RadioVersion, path: Path) -> None:
     if version.sha256 is None:
         return
-    actual = _sha256(path)
+    actual = sha256_of_file(path)
     if actual != version.sha256:
         raise WeightsUnavailableError(
             f"{path} does not match the published checksum of {version.name!r} "

@@ -90,8 +90,6 @@ class ERadioSpec:
         downsample_shuffle: the between-level downsample is a quadrant split + 1x1 ``Conv2d_BN``.
         use_shift: Swin-style cyclic window shift in the odd-numbered blocks of levels 2 and 3 (the
             original's numerics for it are unverified).
-        return_full_features: value found in ``model_kwargs`` (informational; the neck output is
-            always produced here; the original fails without it).
     """
 
     name: str
@@ -112,7 +110,6 @@ class ERadioSpec:
     multi_query: bool = False
     downsample_shuffle: bool = False
     use_shift: bool = False
-    return_full_features: bool = True
 
     @property
     def widths(self) -> Tuple[int, int, int, int]:
@@ -283,7 +280,6 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
         multi_query=bool(values['multi_query']),
         downsample_shuffle=bool(values['downsample_shuffle']),
         use_shift=bool(values['use_shift']),
-        return_full_features=bool(kwargs.get('return_full_features', False)),
     )
 
 
@@ -1055,26 +1051,6 @@ class ERadioBackbone(nn.Module):
         """Loader hook after ``load_state_dict(assign=True)``: there are no derived buffers to
         rebuild (index tables are memoized functions), so this only drops the caches."""
         self.clear_caches()
-
-    def reset_coords_tables(self) -> None:
-        """Recompute every ``relative_coords_table`` exactly (for checkpoints that lack them)."""
-        for m in self.modules():
-            if isinstance(m, PosEmbMLPSwinv2D):
-                m.reset_coords_table()
-        self.clear_caches()
-
-    def train(self, mode: bool = True) -> 'ERadioBackbone':
-        """Set training mode and drop folded / cached weights."""
-        super().train(mode)
-        self.clear_caches()
-        return self
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
-                        assign: bool = False) -> Any:
-        """``nn.Module.load_state_dict`` that also drops the caches."""
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self.clear_caches()
-        return result
 
     # -- forward ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PackedImages", "Segments", "pack_images", "make_segments", "check_packed", "varlen_attention"]
+__all__ = ["PackedImages", "Segments", "check_packed", "make_segments", "pack_images", "varlen_attention"]
 
 _logger = logging.getLogger(__name__)
 
@@ -218,10 +218,3 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments
         for j, i in enumerate(members):
             out[:, :, starts[i]:starts[i] + n] = res[j:j + 1]
     return out
-
-
-def block_diagonal_mask(segments: Segments, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Boolean ``(L, L)`` mask, true where query and key belong to the same segment (for comparison)."""
-    ids = torch.repeat_interleave(torch.arange(len(segments), device=device),
-                                  torch.tensor(segments.lengths, device=device))
-    return ids[:, None] == ids[None, :]
