@@ -90,7 +90,7 @@ class RadioBlock(Block):
                 pieces += [p[:, :s], window_unpartition(win, g, ws)]
             return torch.cat(pieces, dim=1)
         x = x + self.drop_path1(self.ls1(self._packed_attention(self.norm1(x), segments)))
-        # Token-wise tail in chunks: same numbers, but the activations stay in cache.
+        # Token-wise tail in chunks (the same computation, to float rounding): the activations stay in cache.
         return torch.cat([c + self.drop_path2(self.ls2(self.mlp(self.norm2(c)))) for c in x.split(_CHUNK, dim=1)], dim=1)
 
     def extra_repr(self) -> str:
