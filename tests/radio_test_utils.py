@@ -1,8 +1,10 @@
 """Helpers shared by the test modules (imported by name; ``conftest`` modules are pytest's, and
 ``tests/tools/conftest.py`` would shadow a plain ``from radio_test_utils import``)."""
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -20,6 +22,18 @@ def require_shared(path: Path) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{path} is missing: CI must run with ../shared beside the repository")
     pytest.skip(f"{path} is not present")
+
+
+def require_module(name: str) -> ModuleType:
+    """Import an optional package (onnx, onnxruntime, open_clip, ...) and return it; skip the module when it
+    is not installed, except in CI (environment ``CI`` set), where a missing package is a failure."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"the optional package {name} is not installed ({e}): CI must install every extra",
+                        pytrace=False)
+        pytest.skip(f"the optional package {name} is not installed", allow_module_level=True)
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:

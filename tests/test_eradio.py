@@ -27,12 +27,12 @@ from radio.eradio import (
 )
 from eradio_reference import optimal_window_reference, reference_forward
 from eradio_writer import make_eradio_checkpoint
+from radio_test_utils import CONFORMANCE_CASES, require_shared
 
 TINY = ['eradio_xxxtiny', 'eradio_xxxtiny_8x_ws12', 'eradio_xxxtiny_8x_ws16']
 LARGE = ['eradio_large_fullres_ws16', 'eradio']
 RUN_LARGE = bool(os.environ.get('RADIO_RUN_SLOW') or os.environ.get('CI'))  # every configuration runs in CI
-SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
-FIXTURE = SHARED / 'conformance' / 'cases'
+FIXTURE = CONFORMANCE_CASES
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -226,10 +226,7 @@ def test_stale_bias_buffer_is_irrelevant():
 
 def _fixture_or_skip() -> Path:
     ckpt = FIXTURE / 'ckpt' / 'eradio_tiny.pth.tar'
-    if not ckpt.exists():
-        if os.environ.get('CI'):
-            pytest.fail(f'conformance fixture missing: {ckpt}')
-        pytest.skip(f'conformance fixture missing: {ckpt}')
+    require_shared(ckpt)
     return ckpt
 
 

@@ -1,18 +1,19 @@
 """Exports: pickle-free remote-code safetensors (round trip) and transformers.RadioModel (parity)."""
 
 import json
-import warnings
+import logging
 
 import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
 from radio_test_utils import all_tensors, assert_close_rel
-from radio.export.safetensors_export import (export_safetensors, export_safetensors_from,
-                                             relative_error)
-from radio.export.transformers_export import export_transformers, verify_transformers_export
 from radio import radio_model
+from radio.export.parity import flatten_outputs, parity_key, relative_error
+from radio.export.safetensors_export import export_safetensors, export_safetensors_from
+from radio.export.transformers_export import export_transformers, verify_transformers_export
 from radio.hf import read_hf_directory
+from radio.outputs import RadioOutput
 
 ALL = ["clip", "dino_v2", "sam"]
 
@@ -23,19 +24,34 @@ def test_relative_error():
     assert relative_error(torch.tensor([3.0, 5.0]), b) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="shapes"):
         relative_error(torch.zeros(2), torch.zeros(3))
+    assert relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
+    assert relative_error(torch.ones(2), torch.zeros(2)) == float("inf")
+    # float64 accumulation: a float16 input against a float32 reference
+    a, ref = torch.tensor([1.0, 2.0], dtype=torch.float16), torch.tensor([1.0, 2.5])
+    assert relative_error(a, ref) == pytest.approx(0.5 / (1.0 + 6.25) ** 0.5)
+
+
+def test_flatten_outputs_and_key_format():
+    s, f = torch.zeros(1, 2), torch.ones(1, 3, 2)
+    out = {"backbone": RadioOutput(s, f), "clip": RadioOutput(s + 1, f + 1), "sam": RadioOutput(s + 2, f + 2)}
+    flat = flatten_outputs(out)
+    assert list(flat) == ["summary", "features", "clip.summary", "clip.features", "sam.summary", "sam.features"]
+    assert flat["clip.features"] is out["clip"].features
+    assert list(flatten_outputs(out, ["sam"])) == ["summary", "features", "sam.summary", "sam.features"]
+    assert list(flatten_outputs(RadioOutput(s, f))) == ["summary", "features"]
+    assert parity_key("clip.features", 48, 80) == "clip.features@48x80"
 
 
 def test_safetensors_round_trip_of_a_spectral_checkpoint(tmp_path, images):
-    from radio import radio_model
-
     w = make_checkpoint(tmp_path / "sn.pth.tar", spectral_reparam=True, layerscale="grandma",
                         feature_normalizer=True, intermediate_normalizer="shared", fd_upsample_factor=2,
                         teachers=[{"name": "clip", "type": "open_clip", "model": "ViT-B-16", "pretrained": "x"},
                                   {"name": "dino_v2", "type": "generic", "token_slot": 1},
                                   {"name": "sam", "type": "generic", "use_summary": False}])
-    out, errors = export_safetensors_from(w.path, tmp_path / "out", verify=True)
+    out, errors = export_safetensors_from(w.path, tmp_path / "out", verify=True, progress=False)
     assert errors and max(errors.values()) == 0.0
-    assert any("clip.features" in k for k in errors)
+    assert {k.split("@")[0] for k in errors} == {f"{p}{o}" for p in ("", "clip.", "dino_v2.", "sam.")
+                                                 for o in ("summary", "features")}
     config = json.loads((out / "config.json").read_text())
     assert "model_type" not in config and config["args"]["spectral_reparam"] is False
     assert config["adaptor_configs"]["dino_v2"]["head_idx"] == 1
@@ -61,8 +77,6 @@ def test_safetensors_round_trip_of_a_spectral_checkpoint(tmp_path, images):
 
 
 def test_bf16_safetensors_round_trip(tmp_path, images):
-    from radio import radio_model
-
     w = make_checkpoint(tmp_path / "bf.pth.tar", args_dtype=torch.bfloat16)
     model, ckpt = radio_model(w.path, adaptor_names=ALL, return_checkpoint=True)
     out = export_safetensors(model, ckpt["args"], tmp_path / "out")
@@ -79,8 +93,6 @@ def test_bf16_safetensors_round_trip(tmp_path, images):
 
 
 def test_transformers_round_trip_with_layerscale(tmp_path):
-    from radio import radio_model
-
     w = make_checkpoint(tmp_path / "ls.pth.tar", layerscale="grandma", embed_dim=32, num_heads=4,
                         cpe_max_size=128, storage_dtype=torch.float32)
     model = radio_model(w.path)
@@ -103,9 +115,7 @@ def test_transformers_round_trip_with_layerscale(tmp_path):
         assert_close_rel(back(x).features, model(x).features, 0.0)
 
 
-def test_transformers_export_blockers_and_opt_in(tmp_path):
-    from radio import radio_model
-
+def test_transformers_export_blockers_and_opt_in(tmp_path, caplog):
     w = make_checkpoint(tmp_path / "n.pth.tar", feature_normalizer=True, model_norm=True)
     model = radio_model(w.path, adaptor_names="clip")
     with pytest.raises(ValueError, match="final norm.*adaptors \\['clip'\\].*feature normalizer"):
@@ -114,8 +124,11 @@ def test_transformers_export_blockers_and_opt_in(tmp_path):
     model2 = radio_model(w2.path, adaptor_names="clip")
     with pytest.raises(ValueError, match="drop_unsupported=True"):
         export_transformers(model2, tmp_path / "y")
-    with pytest.warns(UserWarning, match="Exporting without"):
+    with caplog.at_level(logging.WARNING, logger="radio.export.transformers_export"):
         out = export_transformers(model2, tmp_path / "y", drop_unsupported=True)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "Exporting without: adaptors ['clip'], feature normalizer. transformers.RadioModel outputs only the raw "
+        "backbone summary and features."]
     errors = verify_transformers_export(model2, out, sizes=[(64, 64), (32, 96)])
     assert max(errors.values()) <= 1e-6, errors
     w3 = make_checkpoint(tmp_path / "d.pth.tar", depth=8)

@@ -14,13 +14,14 @@ import torch
 from ckpt_writer import make_checkpoint
 from eradio_reference import optimal_window_reference, reference_forward
 from eradio_writer import make_eradio_checkpoint
+from radio_test_utils import require_module
 from reference import ref_head
 
 from radio import radio_model
 
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
+ort = require_module("onnxruntime")
+onnx = require_module("onnx")
+require_module("onnxscript")
 
 from radio.export import onnx_export  # noqa: E402
 from radio.export.onnx_export import (FP32_TOLERANCE, OnnxVerificationError, export_onnx,  # noqa: E402

@@ -6,20 +6,17 @@ and models built from both are compared output by output.
 """
 
 import logging
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from ckpt_writer import make_checkpoint
-from radio_test_utils import all_tensors, assert_close_rel
+from radio_test_utils import CONFORMANCE_CASES, all_tensors, assert_close_rel, require_shared
 from hf_writer import MARKER, plant_python_files, shard, write_native_repo, write_remote_code_repo
 from radio.checkpoint import CheckpointError, load_checkpoint
 from radio.hf import is_hf_directory, read_hf_directory, repo_id_from_path
 
 ALL = ["clip", "dino_v2", "sam"]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def _build(path, adaptor_names=None):
@@ -220,15 +217,13 @@ def test_tensors_are_memory_mapped(plain, tmp_path):
 
 
 def test_conformance_hf_directory(images):
-    case = SHARED / "conformance" / "cases" / "hf" / "hf_cradio_v4"
-    if not case.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"conformance fixtures missing: {case}")
-        pytest.skip("shared/conformance not available")
+    case = CONFORMANCE_CASES / "hf" / "hf_cradio_v4"
+    require_shared(case)
     repo = read_hf_directory(case)
     assert repo.metadata.version == "c-radio_v4-so400m" and repo.metadata.max_resolution == 2048
     assert [t["token_slot"] for t in repo.args.teachers] == [0, 1, 5]
-    expected_dir = SHARED / "conformance" / "cases" / "hf_cradio_v4"
+    expected_dir = CONFORMANCE_CASES / "hf_cradio_v4"
+    require_shared(expected_dir)
     model = _build(case, ["siglip2-g", "dino_v3", "sam3"])
     data = torch.load(expected_dir / "adaptors_all.pt", weights_only=True)
     x = data["inputs"]["x_u8"].float() / 255.0

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from radio_test_utils import require_module
 from radio.text_encoders import (
     SIGLIP2_MODEL_IDS,
     OpenClipTextEncoder,
@@ -22,8 +23,8 @@ from radio.text_encoders import (
     canonicalize_text,
 )
 
-open_clip = pytest.importorskip("open_clip")
-transformers = pytest.importorskip("transformers")
+open_clip = require_module("open_clip")
+transformers = require_module("transformers")
 
 TEXTS = ["a photo of a cat", "A_DOG, running!", "", "x-ray of 3 lungs"]
 ATOL = 1e-6

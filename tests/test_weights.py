@@ -50,13 +50,6 @@ def test_layerscale_gamma_wins_over_grandma():
     assert torch.equal(out["ls1.gamma"], torch.zeros(2)) and torch.equal(out["ls2.gamma"], torch.full((2,), 3.0))
 
 
-def test_layerscale_gamma_wins_over_grandma():
-    sd = {"ls1.grandma": torch.ones(2), "ls1.gamma": torch.zeros(2), "ls2.grandma": torch.full((2,), 3.0)}
-    out = rename_layerscale(sd)
-    assert set(out) == {"ls1.gamma", "ls2.gamma"}
-    assert torch.equal(out["ls1.gamma"], torch.zeros(2)) and torch.equal(out["ls2.gamma"], torch.full((2,), 3.0))
-
-
 def test_prefix_helpers():
     sd = {"module.a.x": torch.zeros(1), "_orig_mod.module.b": torch.ones(1), "c.d": torch.ones(1)}
     assert sorted(clean_prefixes(sd)) == ["a.x", "b", "c.d"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
 import logging
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 from torch import nn
+
+from .parity import flatten_outputs, parity_key, relative_error
 
 if TYPE_CHECKING:
     from ..model import RADIOModel
@@ -241,8 +244,8 @@ def export_window_size(model: "RADIOModel", size: Tuple[int, int]) -> Optional[i
     """E-RADIO's attention window for an input of ``size``: the one the model's forward would use.
 
     Under ``model.window_policy == 'fixed'`` that is the backbone's current window (set by
-    ``change_window_size`` / ``set_optimal_window_size``; the backbone's own ``'optimal'`` policy
-    is followed too); under ``'auto'`` the optimal window for ``size``.
+    ``change_window_size`` / ``set_optimal_window_size``); under ``'auto'`` the optimal window for
+    ``size``.
 
     Args:
         model: a loaded ``RADIOModel``.
@@ -255,10 +258,9 @@ def export_window_size(model: "RADIOModel", size: Tuple[int, int]) -> Optional[i
         return None
     from ..eradio import optimal_window_size
 
-    backbone = model.model
-    if model.window_policy == "auto" or getattr(backbone, "window_policy", "fixed") == "optimal":
+    if model.window_policy == "auto":
         return optimal_window_size(tuple(int(v) for v in size))
-    return int(backbone.window_size)
+    return int(model.model.window_size)
 
 
 def _default_example_size(model: "RADIOModel", dynamic: bool) -> Tuple[int, int]:
@@ -413,8 +415,8 @@ def export_onnx(model: "RADIOModel", path: Union[str, Path], *, adaptor_names: S
     adaptor_names = list(adaptor_names) if not isinstance(adaptor_names, str) else adaptor_names
     _check_options(model, adaptor_names, opset, dtype, dynamic, example_size)
     try:
-        import onnx  # noqa: F401  (required by the exporter)
-        import onnxscript  # noqa: F401
+        for required in ("onnx", "onnxscript"):  # the exporter needs both
+            importlib.import_module(required)
     except ImportError as exc:
         raise ImportError("ONNX export needs the optional packages onnx and onnxscript: "
                           "pip install 'radio-hub[onnx]'.") from exc
@@ -508,11 +510,6 @@ def _check_verify_sizes(model: "RADIOModel", path: Union[str, Path], meta: Dict[
                              f"(model.change_window_size({recorded})) or export the file again.")
 
 
-def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    a, b = actual.double(), expected.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def verify_onnx(model: "RADIOModel", path: Union[str, Path], sizes: Optional[Sequence[Tuple[int, int]]] = None,
                 batch: int = 2, tol: Optional[float] = None) -> Dict[str, float]:
     """Run the file with onnxruntime (CPU) and compare it with ``model``'s float32 eval forward.
@@ -559,29 +556,22 @@ def verify_onnx(model: "RADIOModel", path: Union[str, Path], sizes: Optional[Seq
         for h, w in sizes:
             x = torch.rand(batch, 3, h, w, generator=gen).to(device)
             out = reference(x)
-            flat = [t.cpu() for t in _flatten_outputs(out, adaptor_names)]
+            flat = [t.cpu() for t in flatten_outputs(out, adaptor_names).values()]
             feed = reference.input_conditioner(x).float() if external else x
             got = session.run(names, {input_name: feed.cpu().numpy()})
             for name, expected, actual in zip(names, flat, got):
-                key = f"{name}@{h}x{w}"
+                key = parity_key(name, h, w)
                 actual_t = torch.from_numpy(actual)
                 if tuple(actual_t.shape) != tuple(expected.shape):
                     failures.append(f"{key}: shape {tuple(actual_t.shape)} != {tuple(expected.shape)}")
                     errors[key] = float("inf")
                     continue
-                errors[key] = _relative_error(actual_t, expected)
+                errors[key] = relative_error(actual_t, expected)
                 if not errors[key] <= tol:
                     failures.append(f"{key}: relative error {errors[key]:.3e} > {tol:.1e}")
             _logger.info("verify_onnx %dx%d: max relative error %.3e", h, w,
-                         max(errors[f"{n}@{h}x{w}"] for n in names))
+                         max(errors[parity_key(n, h, w)] for n in names))
     if failures:
         raise OnnxVerificationError(f"{path} does not reproduce the model: " + "; ".join(failures))
     return errors
 
-
-def _flatten_outputs(out: object, adaptor_names: Sequence[str]) -> List[torch.Tensor]:
-    backbone = out["backbone"] if isinstance(out, dict) else out
-    flat = [backbone.summary, backbone.features]
-    for name in adaptor_names:
-        flat += [out[name].summary, out[name].features]  # type: ignore[index]
-    return flat

@@ -15,13 +15,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["export_safetensors", "export_safetensors_from", "relative_error", "args_to_json",
-           "verify_safetensors_export"]
+from .parity import flatten_outputs, parity_key, relative_error
+
+__all__ = ["export_safetensors", "export_safetensors_from", "args_to_json", "verify_safetensors_export"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,22 +31,6 @@ PathLike = Union[str, os.PathLike]
 #: ``args`` attributes the original exporter removes.
 _DROPPED_ARGS = ("enable-cudnn-attention", "device", "damp")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b||_2 / ||b||_2`` over the whole tensor, in float64 (0 when both are zero).
-
-    Raises:
-        ValueError: the shapes differ.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"cannot compare tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    a64, b64 = a.detach().double().cpu(), b.detach().double().cpu()
-    num = (a64 - b64).norm().item()
-    den = b64.norm().item()
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
 
 
 def _json_value(value: Any) -> Any:
@@ -239,56 +224,95 @@ def export_safetensors(model: nn.Module, args: argparse.Namespace, out_dir: Path
     return out
 
 
-def _default_sizes(model: nn.Module) -> Sequence[Tuple[int, int]]:
-    step = int(getattr(model, "min_resolution_step", model.patch_size))
-    return ((4 * step, 4 * step), (3 * step, 5 * step))
-
-
-def _outputs(out: Any) -> Dict[str, torch.Tensor]:
-    if isinstance(out, dict):
-        flat: Dict[str, torch.Tensor] = {}
-        for name, value in out.items():
-            flat[f"{name}.summary"] = value.summary
-            flat[f"{name}.features"] = value.features
-        return flat
-    return {"summary": out.summary, "features": out.features}
+def _default_sizes(model: nn.Module) -> List[Tuple[int, int]]:
+    """A square and a non-square size within the model's limits (supported sides, at most ``max_resolution``)."""
+    step = int(model.min_resolution_step)
+    cap = getattr(model, "max_resolution", None)
+    cap = max((int(cap) // step) * step, step) if cap else None
+    sizes: List[Tuple[int, int]] = []
+    for h, w in ((4 * step, 4 * step), (3 * step, 5 * step)):
+        res = model.get_nearest_supported_resolution(h, w)
+        size = (int(res.height), int(res.width))
+        if cap is not None:
+            size = (min(size[0], cap), min(size[1], cap))
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
 
 
 def verify_safetensors_export(model: nn.Module, out_dir: PathLike,
                               sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, float]:
-    """Relative errors between ``model`` and the model read back from ``out_dir``, per output and size."""
-    names = list(model.adaptors)
+    """Relative errors between ``model`` and the model read back from ``out_dir``, per output and size.
+
+    Args:
+        model: the exported ``RADIOModel`` (every adaptor it holds is compared).
+        out_dir: the directory written by :func:`export_safetensors`.
+        sizes: input sizes ``(H, W)`` (default: a square and a non-square size within the model's
+            supported resolutions, at most its ``max_resolution``).
+
+    Returns:
+        ``{'<output>@<H>x<W>': relative error}`` (see :mod:`radio.export.parity`).
+    """
     from ..factory import radio_model
 
+    names = list(model.adaptors)
     loaded = radio_model(str(out_dir), adaptor_names=names or None, progress=False)
     errors: Dict[str, float] = {}
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for h, w in sizes or _default_sizes(model):
             x = torch.rand(2, 3, h, w, generator=g)
-            ref, got = _outputs(model(x)), _outputs(loaded(x))
+            ref, got = flatten_outputs(model(x), names), flatten_outputs(loaded(x), names)
             for key in ref:
-                errors[f"{h}x{w}/{key}"] = relative_error(got[key], ref[key])
+                errors[parity_key(key, h, w)] = relative_error(got[key], ref[key])
     return errors
 
 
 def export_safetensors_from(src: str, out_dir: PathLike, *, verify: bool = False,
-                            sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[Path, Dict[str, float]]:
-    """Load ``src`` (version name or ``.pth.tar``) with every adaptor and export it.
+                            sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                            progress: bool = True) -> Tuple[Path, Dict[str, float]]:
+    """Load ``src`` with every adaptor and export it.
+
+    The checkpoint's ``args`` are read first (without building a model) for the teacher names;
+    the model is then built once, with all of them.
+
+    Args:
+        src: a release name, a Hugging Face repository id, a checkpoint file or a Hugging Face
+            directory (as :func:`radio.radio_model`'s ``version``).
+        out_dir: directory to create or fill.
+        verify: read the export back and compare every output.
+        sizes: the sizes of the check (default: see :func:`verify_safetensors_export`).
+        progress: show download progress bars.
 
     Returns:
         ``(out_dir, errors)``; ``errors`` is empty unless ``verify``, else the relative errors of
         every output (backbone and adaptors) between the source and the re-loaded export.
-    """
-    from .. import radio_model
 
-    model, checkpoint = radio_model(src, return_checkpoint=True)
-    args = checkpoint["args"]
-    names = [t["name"] for t in getattr(args, "teachers", None) or ()]
-    unique = list(dict.fromkeys(names))
-    if unique:
-        model, checkpoint = radio_model(src, adaptor_names=unique, return_checkpoint=True)
-        args = checkpoint["args"]
-    path = export_safetensors(model, args, out_dir)
+    Raises:
+        WeightsUnavailableError: the weights are neither cached nor downloadable.
+        ValueError: an unknown name (``UnknownVersionError``) or a checkpoint that does not load.
+    """
+    from ..download import resolve_hf_repository, resolve_release
+    from ..factory import radio_model, read_source
+    from ..sources import resolve_source
+
+    source = resolve_source(src)
+    if source.path is not None:
+        path = source.path
+    elif source.repo_id is not None:
+        path = resolve_hf_repository(source.repo_id, progress=progress)
+    else:
+        path = resolve_release(source.release, progress=progress)
+    teachers = getattr(read_source(path, source.repo_id, ()).args, "teachers", None) or ()
+    names = list(dict.fromkeys(str(t["name"]) for t in teachers if isinstance(t, Mapping) and "name" in t))
+    if source.repo_id is not None:  # the snapshot is cached now; the repository id keeps its metadata
+        loaded = radio_model(source.repo_id, adaptor_names=names or None, progress=progress,
+                             return_checkpoint=True)
+    else:
+        release = source.release.name if source.release is not None else ""
+        loaded = radio_model(release, adaptor_names=names or None, progress=progress, return_checkpoint=True,
+                             checkpoint_path=path)
+    model, checkpoint = loaded
+    path = export_safetensors(model, checkpoint["args"], out_dir)
     errors = verify_safetensors_export(model, path, sizes) if verify else {}
     return path, errors

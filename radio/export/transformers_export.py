@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .safetensors_export import relative_error
+from .parity import parity_key, relative_error
 
-__all__ = ["export_transformers", "transformers_export_blockers", "verify_transformers_export", "relative_error"]
+__all__ = ["export_transformers", "transformers_export_blockers", "verify_transformers_export"]
 
 _logger = logging.getLogger(__name__)
 
@@ -86,19 +85,13 @@ def transformers_export_blockers(model: nn.Module) -> Tuple[List[str], List[str]
     return blockers, droppable
 
 
-def _mlp_ratio(dim: int, hidden: int) -> float:
-    from ..hf import mlp_ratio_for
-
-    return mlp_ratio_for(dim, hidden)
-
-
 def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported: bool = False) -> Path:
     """Write ``model`` as a directory ``transformers.RadioModel.from_pretrained`` loads.
 
     Args:
         model: a ``RADIOModel`` with a CPE ViT backbone.
         out_dir: directory to create or fill.
-        drop_unsupported: leave adaptors and feature normalizers out (with a warning) instead of
+        drop_unsupported: leave adaptors and feature normalizers out (logged as a warning) instead of
             refusing; the exported ``features`` are then the raw backbone features.
 
     Returns:
@@ -109,6 +102,8 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
     """
     from safetensors.torch import save_file
 
+    from ..hf import mlp_ratio_for
+
     blockers, droppable = transformers_export_blockers(model)
     if droppable and not drop_unsupported:
         blockers += [f"{d} (pass drop_unsupported=True to export without it)" for d in droppable]
@@ -116,8 +111,8 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
         raise ValueError("Cannot export this model to transformers.RadioModel, which cannot represent: "
                          + "; ".join(blockers) + ". Export the remote-code layout (safetensors) instead.")
     if droppable:
-        warnings.warn(f"Exporting without: {', '.join(droppable)}. transformers.RadioModel outputs only the raw "
-                      "backbone summary and features.", stacklevel=2)
+        _logger.warning("Exporting without: %s. transformers.RadioModel outputs only the raw backbone summary "
+                        "and features.", ", ".join(droppable))
     spec = model.model.spec
     bb = model.model.state_dict()
     dim = spec.embed_dim
@@ -153,7 +148,7 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
         "hidden_size": dim,
         "num_hidden_layers": spec.depth,
         "num_attention_heads": spec.num_heads,
-        "mlp_ratio": _mlp_ratio(dim, spec.mlp_hidden),
+        "mlp_ratio": mlp_ratio_for(dim, spec.mlp_hidden),
         "hidden_act": "gelu",
         "layer_norm_eps": _LN_EPS,
         "qkv_bias": bool(spec.qkv_bias),
@@ -207,7 +202,7 @@ def verify_transformers_export(model: nn.Module, out_dir: PathLike,
         sizes: input sizes ``(H, W)`` (default: the grid size, a square and a non-square size).
 
     Returns:
-        ``{'<H>x<W>/summary': err, '<H>x<W>/features': err, ...}``.
+        ``{'summary@<H>x<W>': err, 'features@<H>x<W>': err, ...}`` (see :mod:`radio.export.parity`).
     """
     from transformers import RadioModel
 
@@ -223,6 +218,6 @@ def verify_transformers_export(model: nn.Module, out_dir: PathLike,
             x = torch.rand(2, 3, h, w, generator=g)
             ref_summary, ref_features = _backbone_reference(model, x)
             got = hf(pixel_values=x)
-            errors[f"{h}x{w}/summary"] = relative_error(got.summary.to(ref_summary.dtype), ref_summary)
-            errors[f"{h}x{w}/features"] = relative_error(got.features.to(ref_features.dtype), ref_features)
+            errors[parity_key("summary", h, w)] = relative_error(got.summary.to(ref_summary.dtype), ref_summary)
+            errors[parity_key("features", h, w)] = relative_error(got.features.to(ref_features.dtype), ref_features)
     return errors

@@ -1,11 +1,12 @@
-"""The ``radio`` command line: ``extract``, ``visualize``, ``verify`` and ``versions``.
+"""The ``radio`` command line: ``extract``, ``visualize``, ``verify``, ``export`` and ``versions``.
 
 ``radio extract`` writes the summary and dense features of many images (files or directories) to
 safetensors / ``.pt`` / ``.npy`` files, resumably, skipping unreadable images, optionally split over
 processes with ``torchrun --nproc_per_node N -m radio extract ...``. ``radio visualize`` saves the
 first three PCA components of an image's dense features as a colour picture next to the image.
-``radio verify`` checks a checkpoint file (published SHA-256, finite weights). User documentation:
-``docs/cli.md``.
+``radio verify`` checks a checkpoint file (published SHA-256, finite weights). ``radio export``
+converts a model to pickle-free safetensors, the transformers-native layout or ONNX, optionally
+checking parity. User documentation: ``docs/cli.md`` (export: ``docs/deployment.md``).
 
 Start-up stays fast: this module imports no torch, timm or PIL at module level, so ``radio --help``,
 ``radio versions``, ``radio <command> --help`` and argument errors answer without loading them; each
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..outputs import Resolution
-from ..versions import DEFAULT_VERSION, VERSIONS, RadioVersion
+from ..sources import Source, resolve_source
+from ..versions import DEFAULT_VERSION, VERSIONS, RadioVersion, UnknownVersionError
 
 if TYPE_CHECKING:  # imported for annotations only: each command imports what it runs
     import torch
@@ -53,6 +55,11 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".pt")
 #: ``radio extract --max-tokens`` default (the same as :data:`radio.tools.extraction.DEFAULT_MAX_TOKENS`,
 #: kept here so that building the parser imports no torch).
 DEFAULT_MAX_TOKENS = 16384
+#: ``radio export --opset``: the lowest and the default ONNX opset (the same as
+#: :data:`radio.export.onnx_export.MIN_OPSET` / ``DEFAULT_OPSET``, kept here so that checking the
+#: flag imports no torch).
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
 
 
 class UsageError(Exception):
@@ -201,48 +208,37 @@ def _release(name: str) -> RadioVersion:
         raise _unknown_version(name) from None
 
 
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or os.sep in value or value.endswith((".pth", ".tar", ".pt", ".safetensors"))
-
-
-def _model_source(args: argparse.Namespace) -> Tuple[Optional[RadioVersion], Optional[Path]]:
-    """The release and/or local file named by ``--version`` / ``--checkpoint``, checked up front.
+def _model_source(args: argparse.Namespace) -> Source:
+    """The release, repository id and/or local file named by ``--version`` / ``--checkpoint``, checked up front.
 
     Returns:
-        ``(release, file)``: ``file`` is ``None`` when the release's weights must be resolved
-        (cache or download); ``release`` is ``None`` for a bare file.
+        A :class:`radio.sources.Source`: ``path`` is ``None`` when the weights must be resolved (cache
+        or download); ``release`` is ``None`` for a bare file.
     """
     version = args.version or ""
-    release: Optional[RadioVersion] = None
-    path: Optional[Path] = None
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise UsageError(f"--checkpoint {args.checkpoint} {what}; pass a checkpoint file (.pth.tar).")
-        if version:
-            if version not in VERSIONS and Path(version).is_file():
-                raise UsageError("--version names the release of the --checkpoint file (see `radio versions`), "
-                                 f"not a second file; got {version}.")
-            release = _release(version)
-    elif version and version not in VERSIONS:
-        if Path(version).is_file():
-            path = Path(version)
-        elif _looks_like_path(version):
-            raise UsageError(f"--version {version}: no such file. Pass a release name (see `radio versions`) "
-                             "or an existing checkpoint file with --checkpoint FILE.")
-        else:
-            raise _unknown_version(version)
-    else:
-        release = _release(version or DEFAULT_VERSION)
+        if version and version not in VERSIONS and Path(version).is_file():
+            raise UsageError("--version names the release of the --checkpoint file (see `radio versions`), "
+                             f"not a second file; got {version}.")
+    try:
+        source = resolve_source(version, args.checkpoint)
+    except UnknownVersionError:
+        raise _unknown_version(version) from None
+    except FileNotFoundError:
+        raise UsageError(f"--version {version}: no such file. Pass a release name (see `radio versions`) "
+                         "or an existing checkpoint file with --checkpoint FILE.") from None
     window = args.vitdet_window_size
     if window is not None:
         if window < 1:
             raise UsageError(f"--vitdet-window-size must be a positive number of patches, got {window}.")
-        if release is not None and not release.supports_vitdet:
-            raise UsageError(f"--vitdet-window-size: {release.name} does not support ViTDet windowed attention; "
-                             "drop the flag or pick another --version.")
-    return release, path
+        if source.release is not None and not source.release.supports_vitdet:
+            raise UsageError(f"--vitdet-window-size: {source.release.name} does not support ViTDet windowed "
+                             "attention; drop the flag or pick another --version.")
+    return source
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -291,46 +287,97 @@ def _device(args: argparse.Namespace) -> "torch.device":
         raise UsageError(f"--device {args.device}: {e}") from None
 
 
-def _weights_file(release: RadioVersion, args: argparse.Namespace) -> Path:
-    """The local file of ``release`` (cache or download); unavailable weights become :class:`RunError`."""
-    from ..download import WeightsUnavailableError, resolve_checkpoint
+#: Messages of the Python API in its argument names -> the same in the command's flags (regex, replacement).
+_CLI_WORDS: Tuple[Tuple[str, Any], ...] = (
+    (r"Unknown adaptor '([^']*)': this checkpoint has the teachers \[([^\]]*)\]\. "
+     r"Pass one of these names in `adaptor_names`\.",
+     lambda m: f"--adaptor {m[1]}: not in this checkpoint; it has {m[2].replace(chr(39), '') or 'no adaptors'}."),
+    (r"pass dynamic=False and example_size=\(H, W\) \(command line: --fixed-size HxW\)", "pass --fixed-size HxW"),
+    (r"\bexample_size=(\d+)x(\d+)", r"--fixed-size \1x\2"),
+    (r"\buse e\.g\. (\d+)x(\d+)", r"use e.g. --fixed-size \1x\2"),
+    (r"\bopset=(\S+) ", r"--opset \1 "),
+    (r"\buse opset >= (\d+)", r"use --opset \1 or higher"),
+    (r"Pass one of these names in `adaptor_names`", "Pass one of these names to --adaptor"),
+    (r"\badaptor_names lists", "--adaptor lists"),
+    (r"Pass vitdet_window_size=None", "Drop --vitdet-window-size"),
+    (r"\bpass vitdet_window_size=None", "drop --vitdet-window-size"),
+    (r"\bvitdet_window_size=(\d+)", r"--vitdet-window-size \1"),
+    (r"\bvitdet_window_size\b", "--vitdet-window-size"),
+    (r"\(pass drop_unsupported=True to export without it\)", "(pass --drop-unsupported to export without it)"),
+    (r"\bpass drop_unsupported=True", "pass --drop-unsupported"),
+    (r"Export the remote-code layout \(safetensors\) instead", "Use --to safetensors instead"),
+)
+
+
+def _in_cli_words(error: BaseException) -> Tuple[str, bool]:
+    """``error``'s message with the Python argument names replaced by the command's flags; whether any was."""
+    import re
+
+    text, changed = str(error), False
+    for pattern, flag in _CLI_WORDS:
+        text, n = re.subn(pattern, flag, text)
+        changed = changed or n > 0
+    return text, changed
+
+
+def _local_hint(args: argparse.Namespace, what: str, release: Optional[RadioVersion] = None) -> str:
+    """How to run the same command on a local copy (``what``: FILE or DIR)."""
+    if args.command == "export":
+        return f"`radio export {what} --to {args.to} {args.out}`"
+    if release is None:
+        return f"`radio {args.command} ... --version {what}`"
+    return f"`radio {args.command} ... --checkpoint {what} --version {release.name}`"
+
+
+@contextlib.contextmanager
+def _loading(args: argparse.Namespace, source: Source) -> Iterator[None]:
+    """Loading a model in the command's words.
+
+    Unavailable weights (offline, nothing cached) become :class:`RunError` with the fix (download the
+    file elsewhere, pass it as a local file); a ``ValueError`` about an argument the user gave
+    (``--adaptor``, ``--vitdet-window-size``, ...) becomes :class:`UsageError` in flag names.
+    """
+    from ..download import WeightsUnavailableError
 
     try:
-        return Path(resolve_checkpoint(release, progress=not args.no_progress))
+        yield
     except WeightsUnavailableError as e:
         first = str(e).splitlines()[0].strip()
-        raise RunError(f"{first} Fix: download {release.url} where there is network, then run `radio "
-                       f"{args.command} ... --checkpoint FILE --version {release.name}`.") from e
+        if source.repo_id is not None:
+            fix = (f"copy the repository's config.json and *.safetensors files into a directory where there is "
+                   f"network, then run {_local_hint(args, 'DIR')}.")
+        elif source.release is not None:
+            fix = (f"download {source.release.url} where there is network, then run "
+                   f"{_local_hint(args, 'FILE', source.release)}.")
+        else:
+            raise
+        raise RunError(f"{first} Fix: {fix}") from e
+    except ValueError as e:
+        text, about_flags = _in_cli_words(e)
+        if about_flags and not isinstance(e, UnknownVersionError):
+            raise UsageError(text) from e
+        raise
 
 
-def _checkpoint_adaptors(path: Path) -> Optional[List[str]]:
-    """The adaptor (teacher) names a checkpoint file offers, or ``None`` if its ``args`` do not say."""
-    from ..checkpoint import read_checkpoint_file
-
-    raw = read_checkpoint_file(path)
-    teachers = getattr(raw.get("args"), "teachers", None) if isinstance(raw, dict) else None
-    if not isinstance(teachers, (list, tuple)):
-        return None
-    return [str(t["name"]) for t in teachers if isinstance(t, dict) and "name" in t]
+def _radio_model_call(source: Source) -> Tuple[str, Optional[Path]]:
+    """``(version, checkpoint_path)`` arguments of ``radio_model`` for ``source``."""
+    if source.path is not None:
+        return (source.release.name if source.release is not None else ""), source.path
+    if source.repo_id is not None:
+        return source.repo_id, None
+    return source.release.name, None  # type: ignore[union-attr]
 
 
-def _load_model(args: argparse.Namespace, source: Tuple[Optional[RadioVersion], Optional[Path]],
-                adaptors: Sequence[str], device: "torch.device") -> "RADIOModel":
-    """``radio_model`` with the command line's choices, every choice checked in the CLI's words first."""
-    from .. import radio_model
+def _load_model(args: argparse.Namespace, source: Source, adaptors: Sequence[str], device: "torch.device",
+                progress: bool) -> "RADIOModel":
+    """``radio_model`` with the command line's choices; its errors in the command's words (:func:`_loading`)."""
+    from ..factory import radio_model
 
-    release, path = source
-    if path is None and release is not None:
-        path = _weights_file(release, args)
-    if adaptors:
-        known = _checkpoint_adaptors(path)
-        unknown = [a for a in adaptors if known is not None and a not in known]
-        if unknown:
-            raise UsageError(f"--adaptor {', '.join(unknown)}: not in this checkpoint; it has "
-                             f"{', '.join(known) if known else 'no adaptors'}.")
-    model = radio_model(release.name if release is not None else "", progress=not args.no_progress,
-                        adaptor_names=list(adaptors) or None, vitdet_window_size=args.vitdet_window_size,
-                        checkpoint_path=path)
+    version, checkpoint = _radio_model_call(source)
+    with _loading(args, source):
+        model = radio_model(version, progress=progress, adaptor_names=list(adaptors) or None,
+                            vitdet_window_size=getattr(args, "vitdet_window_size", None),
+                            checkpoint_path=checkpoint)
     return model.to(device)
 
 
@@ -352,12 +399,13 @@ def _size_policy(values: Sequence[str], model: "RADIOModel") -> "SizePolicy":
         raise UsageError(f"--resolution {' '.join(values)}: {e}") from None
 
 
-def _version_label(source: Tuple[Optional[RadioVersion], Optional[Path]]) -> str:
-    """The release name, or the absolute path of the checkpoint file that was loaded."""
-    release, path = source
-    if release is not None:
-        return release.name
-    return os.path.abspath(str(path))
+def _version_label(source: Source) -> str:
+    """The release name, the repository id, or the absolute path of the checkpoint that was loaded."""
+    if source.release is not None:
+        return source.release.name
+    if source.repo_id is not None:
+        return source.repo_id
+    return os.path.abspath(str(source.path))
 
 
 def _find_images(inputs: Sequence[str]) -> List[Any]:
@@ -436,12 +484,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .distributed import distributed_context
+    from .distributed import distributed_context, rank_zero_first
     from .extraction import extract_features
     from .stores import DirectoryStore, ExtractionSettings
 
     with distributed_context(args.device) as ctx:
-        model = _load_model(args, source, adaptors, ctx.device)
+        with rank_zero_first(ctx):  # rank 0 downloads (with a progress bar); the others then read the cache
+            model = _load_model(args, source, adaptors, ctx.device, progress=not args.no_progress and ctx.is_main)
         policy = _size_policy(args.resolution, model)
         version = _version_label(source)
         settings = ExtractionSettings(
@@ -492,6 +541,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     """``radio visualize``: see :func:`build_parser` and ``docs/cli.md``."""
     _parse_resolution(args.resolution)
     source = _model_source(args)
+    adaptors = _adaptor_names([args.adaptor] if args.adaptor else [])
+    if len(adaptors) > 1:
+        raise UsageError(f"--adaptor {args.adaptor}: visualize shows one adaptor's features; pass one name.")
     _check_out(Path(args.out), (".png",), "a .png file")
     _setup_logging(args.verbosity)
     records = _find_images(args.inputs)
@@ -505,10 +557,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .images import load_image, resize_image
     from .visualization import pca_rgb, side_by_side
 
-    adaptors = [args.adaptor] if args.adaptor else []
-    model = _load_model(args, source, adaptors, device)
+    model = _load_model(args, source, adaptors, device, progress=not args.no_progress)
     policy = _size_policy(args.resolution, model)
-    head = args.adaptor or "backbone"
+    head = adaptors[0] if adaptors else "backbone"
     failed = 0
     for rec, dest in zip(records, _picture_paths([r.name for r in records], Path(args.out))):
         try:
@@ -571,33 +622,6 @@ def _print_errors(errors: Dict[str, float], tol: float) -> bool:
     return ok
 
 
-#: ONNX option errors in the Python API's words -> the same in ``radio export``'s flags (regex, replacement).
-_ONNX_CLI_WORDS: Tuple[Tuple[str, str], ...] = (
-    (r"pass dynamic=False and example_size=\(H, W\) \(command line: --fixed-size HxW\)", "pass --fixed-size HxW"),
-    (r"\bexample_size=(\d+)x(\d+)", r"--fixed-size \1x\2"),
-    (r"\buse e\.g\. (\d+)x(\d+)", r"use e.g. --fixed-size \1x\2"),
-    (r"\bopset=(\S+) ", r"--opset \1 "),
-    (r"\buse opset >= (\d+)", r"use --opset \1 or higher"),
-    (r"Pass one of these names in `adaptor_names`", "Pass one of these names to --adaptor"),
-    (r"\badaptor_names lists", "--adaptor lists"),
-    (r"Pass vitdet_window_size=None", "Drop --vitdet-window-size"),
-    (r"\bpass vitdet_window_size=None", "drop --vitdet-window-size"),
-    (r"\bvitdet_window_size=(\d+)", r"--vitdet-window-size \1"),
-    (r"\bvitdet_window_size\b", "--vitdet-window-size"),
-)
-
-
-def _in_cli_words(error: BaseException) -> Tuple[str, bool]:
-    """``error``'s message with the Python option names replaced by ``radio export`` flags; whether any was."""
-    import re
-
-    text, changed = str(error), False
-    for pattern, flag in _ONNX_CLI_WORDS:
-        text, n = re.subn(pattern, flag, text)
-        changed = changed or n > 0
-    return text, changed
-
-
 def _parse_fixed_size(text: str) -> Tuple[int, int]:
     """``--fixed-size HxW`` -> ``(H, W)``."""
     parts = text.lower().replace(" ", "").split("x")
@@ -606,25 +630,21 @@ def _parse_fixed_size(text: str) -> Tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _export_onnx_file(args: argparse.Namespace, src: str, out: Path, adaptors: List[str]) -> int:
+def _export_source(src: str) -> Source:
+    """``radio export``'s SRC, classified by :func:`radio.sources.resolve_source` (no network, no torch)."""
+    try:
+        return resolve_source(src)
+    except (UnknownVersionError, FileNotFoundError):
+        raise UsageError(f"SRC {src!r} is neither a release name (see `radio versions`), a Hugging Face repository "
+                         "id, nor an existing checkpoint file or directory") from None
+
+
+def _export_onnx_file(args: argparse.Namespace, source: Source, out: Path, adaptors: List[str],
+                      fixed: Optional[Tuple[int, int]], opset: int) -> int:
     """``radio export SRC --to onnx OUT``: load, export (dynamic sizes, or one fixed size), optionally verify."""
     from ..export import onnx_export
 
-    fixed = _parse_fixed_size(args.fixed_size) if args.fixed_size is not None else None
-    opset = onnx_export.DEFAULT_OPSET if args.opset is None else args.opset
-    if opset < onnx_export.MIN_OPSET:
-        raise UsageError(f"--opset {opset} is too old: the graph needs LayerNormalization (opset 17); use "
-                         f"--opset {onnx_export.MIN_OPSET} or higher (default {onnx_export.DEFAULT_OPSET})")
-    from ..factory import radio_model
-
-    try:
-        model = radio_model(src, adaptor_names=adaptors or None, vitdet_window_size=args.vitdet_window_size,
-                            progress=not args.no_progress)
-    except ValueError as e:
-        text, about_flags = _in_cli_words(e)
-        if about_flags:  # a flag the user gave does not fit this model
-            raise UsageError(text) from e
-        raise
+    model = _load_model(args, source, adaptors, _cpu(), progress=not args.no_progress)
     if fixed is None and not onnx_export.supports_dynamic_size(model):
         fixed = onnx_export.default_fixed_size(model)
         if fixed is None:
@@ -654,19 +674,24 @@ def _export_onnx_file(args: argparse.Namespace, src: str, out: Path, adaptors: L
     return 0 if _print_errors(errors, tol) else EXIT_FAILURE
 
 
+def _cpu() -> "torch.device":
+    import torch
+
+    return torch.device("cpu")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``radio export SRC --to safetensors|transformers|onnx OUT``: convert a model, optionally check parity."""
-    src = args.src
-    if not (src in VERSIONS or Path(src).exists() or src.count("/") == 1):
-        raise UsageError(f"SRC {src!r} is neither a release name (see `radio versions`), a Hugging Face repository "
-                         "id, nor an existing checkpoint file or directory")
+    _setup_logging(args.verbosity)
+    # the command line first (no torch needed), then the rest
+    source = _export_source(args.src)
     out = Path(args.out)
     if args.to == "onnx":
         if out.is_dir():
             raise UsageError(f"OUT {out} is a directory; --to onnx writes one file, e.g. {out / 'radio.onnx'}")
     elif out.is_file():
         raise UsageError(f"OUT {out} is a file; --to {args.to} writes a directory")
-    adaptors = [a for item in args.adaptor for a in item.split(",") if a]
+    adaptors = _adaptor_names(args.adaptor)
     if args.to != "onnx" and adaptors:
         raise UsageError(f"--adaptor applies to --to onnx; --to {args.to} exports "
                          + ("every adaptor" if args.to == "safetensors" else "the backbone only"))
@@ -676,19 +701,29 @@ def cmd_export(args: argparse.Namespace) -> int:
             if value is not None:
                 raise UsageError(f"{flag} applies to --to onnx; --to {args.to} stores the weights (drop {flag})")
     if args.to == "onnx":
-        return _export_onnx_file(args, src, out, adaptors)
-    from ..factory import radio_model
-
+        fixed = _parse_fixed_size(args.fixed_size) if args.fixed_size is not None else None
+        opset = DEFAULT_OPSET if args.opset is None else args.opset
+        if opset < MIN_OPSET:
+            raise UsageError(f"--opset {opset} is too old: the graph needs LayerNormalization (opset 17); use "
+                             f"--opset {MIN_OPSET} or higher (default {DEFAULT_OPSET})")
+        if args.vitdet_window_size is not None and args.vitdet_window_size < 1:
+            raise UsageError(f"--vitdet-window-size must be a positive number of patches, got "
+                             f"{args.vitdet_window_size}.")
+        return _export_onnx_file(args, source, out, adaptors, fixed, opset)
     if args.to == "safetensors":
         from ..export.safetensors_export import export_safetensors_from
 
-        path, errors = export_safetensors_from(src, out, verify=args.verify)
+        with _loading(args, source):
+            path, errors = export_safetensors_from(args.src, out, verify=args.verify, progress=not args.no_progress)
         sys.stdout.write(f"wrote {path}\n")
         return 0 if not args.verify or _print_errors(errors, 1e-5) else EXIT_FAILURE
     from ..export.transformers_export import export_transformers, verify_transformers_export
 
-    model = radio_model(src, adaptor_names=adaptors or None, progress=not args.no_progress)
-    path = export_transformers(model, out, drop_unsupported=args.drop_unsupported)
+    model = _load_model(args, source, (), _cpu(), progress=not args.no_progress)
+    try:
+        path = export_transformers(model, out, drop_unsupported=args.drop_unsupported)
+    except ValueError as e:
+        raise UsageError(_in_cli_words(e)[0]) from e
     sys.stdout.write(f"wrote {path}\n")
     if args.verify:
         return 0 if _print_errors(verify_transformers_export(model, path), 1e-5) else EXIT_FAILURE
@@ -753,7 +788,9 @@ def _add_model_args(p: argparse.ArgumentParser, multi_adaptor: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``radio`` argument parser (commands ``extract``, ``visualize``, ``verify``, ``export``, ``versions``)."""
     parser = argparse.ArgumentParser(
-        prog="radio", description="RADIO vision foundation models: feature extraction and visualization.",
+        prog="radio", description="RADIO vision foundation models: feature extraction (extract), PCA pictures "
+                                  "(visualize), checkpoint checks (verify), conversion to safetensors, transformers "
+                                  "or ONNX (export) and the release list (versions).",
         epilog="Run `radio <command> --help` for the options of a command. Documentation: docs/cli.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -838,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--external-preprocessing", action="store_true",
                      help="onnx: leave the input standardization out of the graph (inputs already standardized)")
     exp.add_argument("--opset", type=int, default=None, metavar="N",
-                     help="onnx: ONNX opset, at least 17 (default: 18)")
+                     help=f"onnx: ONNX opset, at least {MIN_OPSET} (default: {DEFAULT_OPSET})")
     exp.add_argument("--fixed-size", default=None, metavar="HxW",
                      help="onnx: export one fixed input size in pixels, e.g. 512x512 (the batch stays dynamic); "
                           "default: dynamic sizes for ViTs, the preferred resolution for E-RADIO (its attention "

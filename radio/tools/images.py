@@ -40,7 +40,6 @@ __all__ = [
     "find_images",
     "load_image",
     "resize_image",
-    "nearest_multiple",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -147,15 +146,19 @@ class SizePolicy:
             preferred resolution, e.g. 512x512), i.e. by ``sqrt(size_h * size_w / (H * W))``, then
             round each side to the nearest multiple of ``step``. Square images get exactly ``size``;
             images of equal aspect ratio share one input size.
-        ``native``: the image's own size rounded to the nearest multiple of ``step``; if its longer
-            side exceeds ``max_side`` it is first scaled down (aspect kept) to that side.
-        ``fixed``: always ``size`` (the aspect ratio is not kept).
+        ``native``: the image's own size rounded to the nearest multiple of ``step``.
+        ``fixed``: always ``size`` (the aspect ratio is not kept; ``max_side`` does not apply).
+
+    In ``preferred`` and ``native`` mode, an image whose scaled longer side would exceed ``max_side``
+    is scaled down (aspect kept) so that it equals ``max_side``, and no side ends above the largest
+    multiple of ``step`` not above ``max_side``.
 
     Attributes:
         mode: one of the above.
         step: the model's ``min_resolution_step`` (patch size, times the ViTDet window size).
         size: the target (``preferred``, ``fixed``).
-        max_side: the cap of ``native`` (``None``: no cap).
+        max_side: the cap of ``preferred`` and ``native`` (``None``: no cap), e.g. the model's
+            ``max_resolution``.
     """
 
     mode: SizeMode
@@ -182,19 +185,22 @@ class SizePolicy:
         """The model input size for an image of ``height x width`` pixels."""
         if self.mode == "fixed":
             return Resolution(*self.size)
+        scale = 1.0
         if self.mode == "preferred":
             scale = math.sqrt(self.size.height * self.size.width / float(height * width))
-        elif self.max_side is not None and max(height, width) > self.max_side:
+        if self.max_side is not None and max(height, width) * scale > self.max_side:
             scale = self.max_side / float(max(height, width))
-        else:
-            scale = 1.0
-        return Resolution(nearest_multiple(height * scale, self.step), nearest_multiple(width * scale, self.step))
+        h, w = nearest_multiple(height * scale, self.step), nearest_multiple(width * scale, self.step)
+        if self.max_side is not None:
+            cap = max((self.max_side // self.step) * self.step, self.step)
+            h, w = min(h, cap), min(w, cap)
+        return Resolution(h, w)
 
     def describe(self) -> str:
         """A short human-readable form, e.g. ``'preferred (512x512 pixel budget, step 16)'``."""
         if self.mode == "fixed":
             return f"fixed {self.size.height}x{self.size.width}"
-        if self.mode == "preferred":
+        if self.mode == "preferred":  # (the cap is left out: this text is part of a resumable run's settings)
             return f"preferred ({self.size.height}x{self.size.width} pixel budget, aspect kept, step {self.step})"
         cap = f", longer side <= {self.max_side}" if self.max_side else ""
         return f"native (step {self.step}{cap})"

@@ -6,6 +6,7 @@
 """
 
 import pytest
+import torch
 
 import radio
 from ckpt_writer import make_checkpoint
@@ -32,3 +33,19 @@ def tiny(tmp_path_factory):
     model = radio.radio_model(str(ckpt), adaptor_names=["clip"])
     return {"root": root, "ckpt": ckpt, "images": images, "model": model}
 
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """No cached weights and a Hub that refuses every download (as with HF_HUB_OFFLINE=1)."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def fake(repo_id, *args, **kwargs):
+        raise LocalEntryNotFoundError("offline and not in the cache")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RADIO_DEBUG", raising=False)

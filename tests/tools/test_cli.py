@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 import radio
-from ckpt_writer import make_checkpoint
 from radio.tools import cli
 from radio.tools.cli import main
 from radio.tools.images import find_images
@@ -264,21 +263,6 @@ def test_visualize_pca_picture(tiny, tmp_path):
 # How the command talks: one-line errors, exit status, flag names
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """No cached weights and a Hub that refuses every download (as with HF_HUB_OFFLINE=1)."""
-    import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    def fake(repo_id, filename, **kwargs):
-        raise LocalEntryNotFoundError("offline and not in the cache")
-
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("RADIO_DEBUG", raising=False)
-
-
 def _error_cases(tiny, tmp_path):
     """(arguments after the image, exit status, fragments the one-line message must contain)."""
     bad = tmp_path / "bad.pth.tar"
@@ -324,18 +308,52 @@ def test_errors_are_one_line_with_cli_flags_and_status(tiny, tmp_path, capfd, of
     assert not (tmp_path / "o").exists()  # nothing was written by a failed run
 
 
-def test_missing_input_and_unwritable_out(tiny, tmp_path, capfd):
+def test_missing_input_and_unwritable_out(tiny, tmp_path, capfd, monkeypatch):
     code = main(["extract", str(tmp_path / "missing.png"), "--checkpoint", str(tiny["ckpt"])])
     err = capfd.readouterr().err
     assert code == 2 and "missing.png" in err and err.count("\n") == 1
-    if os.geteuid() == 0:
-        pytest.skip("root can write to read-only directories")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
+    # root may write to read-only directories: ask os.access what a normal user would be told
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode, **kw))
     code = main(["extract", str(tiny["images"] / "a/one.png"), "--checkpoint", str(tiny["ckpt"]),
                  "--out", str(locked / "features")])
-    assert code == 2 and "not writable" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert code == 2 and f"--out {locked / 'features'}: cannot create it, {locked} is not writable" in err
+    assert not (locked / "features").exists()
+
+
+def test_extract_loads_the_model_on_rank_zero_first(tiny, tmp_path, monkeypatch):
+    import contextlib
+
+    import radio.factory
+    from radio.tools import distributed
+
+    inside = []
+    calls = []
+
+    @contextlib.contextmanager
+    def recording(ctx):
+        inside.append(ctx.is_main)
+        yield
+        inside.pop()
+
+    def load(*args, **kwargs):
+        calls.append((list(inside), kwargs["progress"]))
+        return real(*args, **kwargs)
+
+    real = radio.factory.radio_model
+    monkeypatch.setattr(distributed, "rank_zero_first", recording)
+    monkeypatch.setattr(radio.factory, "radio_model", load)
+    assert main(["extract", str(tiny["images"] / "a/one.png"), "--version", str(tiny["ckpt"]), "--out",
+                 str(tmp_path / "o"), "--device", "cpu", "--workers", "0", "--summary-only"]) == 0
+    assert calls == [([True], True)]  # inside rank_zero_first, download progress on the main rank
+    calls.clear()
+    assert main(["extract", str(tiny["images"] / "a/one.png"), "--version", str(tiny["ckpt"]), "--out",
+                 str(tmp_path / "o2"), "--device", "cpu", "--workers", "0", "--summary-only", "--no-progress"]) == 0
+    assert calls == [([True], False)]
 
 
 def test_argparse_errors_exit_2(capsys):
@@ -400,6 +418,11 @@ sys.stderr.write("PROBE " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
     (["extract", "img.png", "--no-such-flag"], 2),  # argparse error
     (["extract", "img.png", "--version", "no-such-version"], 2),  # checked before torch is needed
     (["extract", "img.png", "--resolution", "0"], 2),
+    (["export", "--help"], 0),
+    (["export", "c-radio_v4-h", "--to", "onnx", "x.onnx", "--opset", "16"], 2),
+    (["export", "c-radio_v4-h", "--to", "onnx", "x.onnx", "--fixed-size", "12by3"], 2),
+    (["export", "c-radio_v4-h", "--to", "safetensors", "out", "--adaptor", "clip"], 2),
+    (["export", "no-such-release", "--to", "onnx", "x.onnx"], 2),
 ])
 def test_help_versions_and_argument_errors_import_no_torch(argv, status):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

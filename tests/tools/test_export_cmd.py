@@ -1,10 +1,12 @@
-"""``radio export SRC --to onnx OUT`` in-process on tiny checkpoints: files, exit codes, printed parity lines.
+"""``radio export SRC --to onnx|safetensors|transformers OUT`` in-process on tiny checkpoints: files, exit
+codes, printed parity lines, messages.
 
 Every written file is run with onnxruntime and compared with an independently loaded model
 (relative L2 error, the conformance rule); the printed parity lines are parsed and checked against
 the tolerance. Then the command-line contract of the ONNX flags (``--opset``, ``--fixed-size``,
 ``--vitdet-window-size``): errors in the CLI's words, exit status 2 for a wrong command line and
-1 for a failed parity check.
+1 for a failed parity check; ``--to transformers`` / ``--to safetensors`` errors and warnings in the
+CLI's words, offline errors, and that argument errors import no torch.
 """
 
 import dataclasses
@@ -16,15 +18,17 @@ import torch
 
 from ckpt_writer import make_checkpoint
 from eradio_writer import make_eradio_checkpoint
+from radio_test_utils import require_module
 
 import radio.factory
 from radio import radio_model
 from radio.outputs import Resolution
+from radio.tools import cli
 from radio.tools.cli import EXIT_FAILURE, EXIT_USAGE, main
 
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
+ort = require_module("onnxruntime")
+onnx = require_module("onnx")
+require_module("onnxscript")
 
 from radio.export import onnx_export  # noqa: E402
 
@@ -144,8 +148,7 @@ def test_eradio_defaults_to_its_preferred_resolution(eradio, tmp_path, capsys, m
     (["--fixed-size", "48by64"], r"--fixed-size expects HxW in pixels, e.g. --fixed-size 512x512; got '48by64'"),
     (["--fixed-size", "40x64"],
      r"--fixed-size 40x64 is not a positive multiple of min_resolution_step=16; use e.g. --fixed-size 32x64"),
-    (["--adaptor", "siglip"], r"Unknown adaptor 'siglip'.*Pass one of these names to --adaptor"),
-    (["--adaptor", "clip,clip"], r"--adaptor lists an adaptor twice"),
+    (["--adaptor", "siglip"], r"--adaptor siglip: not in this checkpoint; it has clip, dino_v2, sam\.$"),
     (["--vitdet-window-size", "0"], r"--vitdet-window-size must be a positive number of patches, got 0"),
     (["--vitdet-window-size", "2"], r"period of 1 for 4 blocks.*drop --vitdet-window-size\.$"),
 ])
@@ -196,4 +199,131 @@ def test_verification_error_is_a_run_error(vit, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(onnx_export, "verify_onnx", wrong_shape)
     assert _export(vit, tmp_path / "x.onnx", "--fixed-size", "32x32", "--verify") == EXIT_FAILURE
     err = capsys.readouterr().err
-    assert re.search(r"^radio: error: --verify failed: .*x\.onnx does not reproduce the model: features@32x32", err)
+    assert re.search(r"^radio: error: --verify failed: .*x\.onnx does not reproduce the model: features@32x32", err,
+                     re.MULTILINE), err
+
+
+def test_opset_constants_match_the_exporter():
+    assert (cli.MIN_OPSET, cli.DEFAULT_OPSET) == (onnx_export.MIN_OPSET, onnx_export.DEFAULT_OPSET)
+
+
+# ------------------------------------------------------------------------------------------------
+# --adaptor parsing, logging
+
+
+def test_adaptor_list_is_stripped_and_deduplicated_and_info_lines_show(vit, tmp_path, capsys, monkeypatch):
+    assert cli._adaptor_names([" clip, sam", "clip", ",", "sam "]) == ["clip", "sam"]  # extract's rule too
+    monkeypatch.setattr(onnx_export, "_MAX_VERIFY_TOKENS", 1)  # the above-table size is now left out
+    out = tmp_path / "a.onnx"
+    assert _export(vit, out, "--adaptor", "clip, sam", "--adaptor", "clip", "--verify") == 0
+    captured = capsys.readouterr()
+    assert "outputs: summary, features, clip.summary, clip.features, sam.summary, sam.features)" in captured.out
+    # the info line of verify_onnx reaches the user (the command sets up logging)
+    assert re.search(r"^radio: verify_onnx: skipping the size above the 64 px position table \(96x80 is too large",
+                     captured.err, re.MULTILINE), captured.err
+    parity = _parity(captured.out)
+    sizes = {key.split("@")[1] for key in parity}
+    assert sizes == {"64x64", "64x32", "32x80"} and len(parity) == 3 * 6 and max(parity.values()) <= 1e-5
+    model = radio_model(str(vit), adaptor_names=["clip", "sam"])
+    x = torch.rand(2, 3, 48, 80, generator=torch.Generator().manual_seed(4))
+    assert max(_compare(out, model, x, ["clip", "sam"]).values()) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# --to transformers, --to safetensors
+
+
+def test_transformers_export_names_the_flag_to_drop_unsupported_parts(vit, tmp_path, capsys):
+    out = tmp_path / "tf"
+    assert main(["export", str(vit), "--to", "transformers", str(out), "--no-progress"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("radio: error: Cannot export this model to transformers.RadioModel") and err.count("\n") == 1
+    assert "feature normalizer (pass --drop-unsupported to export without it)" in err
+    assert "Use --to safetensors instead" in err and "drop_unsupported" not in err
+    assert not out.exists()
+
+
+def test_transformers_export_with_drop_unsupported_warns_and_verifies(vit, tmp_path, capsys):
+    out = tmp_path / "tf"
+    assert main(["export", str(vit), "--to", "transformers", str(out), "--no-progress", "--drop-unsupported",
+                 "--verify"]) == 0
+    captured = capsys.readouterr()
+    assert "radio: warning: Exporting without: feature normalizer." in captured.err
+    assert f"radio: Wrote {out}" in captured.err  # info lines show by default ...
+    parity = _parity(captured.out)
+    assert {k.split("@")[0] for k in parity} == {"summary", "features"} and max(parity.values()) <= 1e-5
+    assert "parity: ok" in captured.out
+    # independently: transformers' own model gives this package's backbone summary
+    transformers = require_module("transformers")
+    hf = transformers.RadioModel.from_pretrained(str(out)).eval()
+    x = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got, ref = hf(pixel_values=x).summary, radio_model(str(vit))(x).summary
+    assert _rel(got, ref) <= 1e-5
+    # ... and -q keeps only warnings
+    assert main(["export", str(vit), "--to", "transformers", str(tmp_path / "tf2"), "--no-progress",
+                 "--drop-unsupported", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "radio: warning: Exporting without" in err and "Wrote" not in err
+
+
+def test_safetensors_export_builds_the_model_once(vit, tmp_path, capsys, monkeypatch, recwarn):
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append((args, kwargs))
+        return load(*args, **kwargs)
+
+    load = radio.factory.radio_model
+    monkeypatch.setattr(radio.factory, "radio_model", counting)
+    out = tmp_path / "st"
+    assert main(["export", str(vit), "--to", "safetensors", str(out), "--no-progress"]) == 0
+    assert len(calls) == 1, calls
+    assert calls[0][1]["adaptor_names"] == ["clip", "dino_v2", "sam"] and calls[0][1]["progress"] is False
+    assert f"wrote {out}" in capsys.readouterr().out
+    calls.clear()
+    assert main(["export", str(vit), "--to", "safetensors", str(tmp_path / "st2"), "--no-progress",
+                 "--verify"]) == 0
+    assert len(calls) == 2  # the source, and the export read back
+    parity = _parity(capsys.readouterr().out)
+    # sizes within the model's limits (max_resolution 64 for this file): no out-of-range warning
+    assert {k.split("@")[1] for k in parity} == {"64x64", "48x64"}
+    assert {k.split("@")[0] for k in parity} == {f"{p}{o}" for p in ("", "clip.", "dino_v2.", "sam.")
+                                                 for o in ("summary", "features")}
+    assert max(parity.values()) == 0.0
+    assert not [w for w in recwarn if "max_resolution" in str(w.message)]
+    names = ["clip", "dino_v2", "sam"]
+    x = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        a, b = load(str(vit), adaptor_names=names)(x), load(str(out), adaptor_names=names)(x)
+    for name in ["backbone", *names]:
+        assert torch.equal(a[name].features, b[name].features) and torch.equal(a[name].summary, b[name].summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# Offline
+
+
+@pytest.mark.parametrize("src,to,fragments", [
+    ("c-radio_v4-h", "onnx", ["not cached", "Fix: download https://huggingface.co/nvidia/C-RADIOv4-H",
+                              "`radio export FILE --to onnx "]),
+    ("c-radio_v4-h", "safetensors", ["not cached", "`radio export FILE --to safetensors "]),
+    ("nvidia/C-RADIOv4-H", "transformers", ["Cannot get the Hugging Face repository 'nvidia/C-RADIOv4-H'",
+                                            "Fix: copy the repository's config.json and *.safetensors",
+                                            "`radio export DIR --to transformers "]),
+])
+def test_offline_export_is_a_run_error_with_the_fix(offline_hub, tmp_path, capsys, src, to, fragments):
+    out = tmp_path / ("x.onnx" if to == "onnx" else "x")
+    assert main(["export", src, "--to", to, str(out), "--no-progress"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("radio: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not out.exists()
+
+
+def test_unknown_source_is_a_usage_error(tmp_path, capsys):
+    for src in ("no-such-release", str(tmp_path / "missing.pth.tar")):
+        assert main(["export", src, "--to", "safetensors", str(tmp_path / "x")]) == EXIT_USAGE
+        assert f"SRC {src!r} is neither a release name" in capsys.readouterr().err

@@ -36,6 +36,13 @@ def test_size_policy_rules(tiny):
     assert pref.target(1000, 1000) == (512, 512) and pref.target(30, 30) == (512, 512)
     assert pref.target(480, 640) == pref.target(300, 400) == (448, 592)  # sqrt(512*512/(3*4)) * (3, 4)
     assert SizePolicy("fixed", STEP, radio.Resolution(32, 48)).target(7, 900) == (32, 48)
+    # the cap applies in preferred mode too (not in fixed mode): the longer side becomes max_side
+    capped_pref = SizePolicy("preferred", 16, radio.Resolution(512, 512), max_side=2048)
+    assert capped_pref.target(10, 10000) == (16, 2048)  # uncapped: 16 x 16192
+    assert capped_pref.target(100, 5000) == (48, 2048)  # uncapped: 80 x 3616; capped: 40.96 -> 48
+    assert capped_pref.target(480, 640) == pref.target(480, 640)  # within the cap: unchanged
+    assert SizePolicy("native", 16, max_side=100).target(300, 30) == (96, 16)  # cap 100 -> at most 96
+    assert SizePolicy("fixed", STEP, radio.Resolution(32, 48), max_side=16).target(7, 900) == (32, 48)
     with pytest.raises(ValueError, match="nearest supported resolution is 32x64"):
         SizePolicy("fixed", STEP, radio.Resolution(40, 60))
 
