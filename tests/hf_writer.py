@@ -45,6 +45,17 @@ def _sizes(head: Dict[str, torch.Tensor]) -> Dict[str, Any]:
             "output_dim": last.shape[0], "num_inner": inner}
 
 
+def _write_repo(out: Path, config: Dict[str, Any], sd: Dict[str, torch.Tensor], extra: Optional[Dict[str, Any]],
+                plant_code: bool) -> Path:
+    """``config.json`` (with ``extra`` fields on top) + ``model.safetensors``; optionally the planted code."""
+    config.update(extra or {})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if plant_code:
+        plant_python_files(out)
+    return out
+
+
 def write_remote_code_repo(written: Any, out_dir: os.PathLike, *, adaptors: Optional[Sequence[str]] = None,
                            version: Optional[str] = None, stored_summary_idxs: Optional[Sequence[int]] = None,
                            backbone_dtype: Optional[torch.dtype] = None, plant_code: bool = False,
@@ -111,12 +122,7 @@ def write_remote_code_repo(written: Any, out_dir: os.PathLike, *, adaptors: Opti
         "max_resolution": 2048, "patch_size": written.patch_size, "preferred_resolution": [512, 512],
         "transformers_version": "5.24.0", "version": version or "c-radio_v4-h", "vitdet_window_size": None,
     }
-    config.update(extra or {})
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    if plant_code:
-        plant_python_files(out)
-    return out
+    return _write_repo(out, config, sd, extra, plant_code)
 
 
 def write_eradio_remote_code_repo(written: Any, out_dir: os.PathLike, *,
@@ -188,12 +194,7 @@ def write_eradio_remote_code_repo(written: Any, out_dir: os.PathLike, *,
         "max_resolution": 2048, "patch_size": 16, "preferred_resolution": [512, 512],
         "transformers_version": "5.24.0", "version": version, "vitdet_window_size": None,
     }
-    config.update(extra or {})
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    if plant_code:
-        plant_python_files(out)
-    return out
+    return _write_repo(out, config, sd, extra, plant_code)
 
 
 def write_native_repo(written: Any, out_dir: os.PathLike, *, names: Literal["disk", "memory"] = "disk",
