@@ -53,6 +53,18 @@ def make_images(sizes: List[Tuple[int, int]], seed: int = 0) -> List[torch.Tenso
     return [torch.rand(3, h, w, generator=g) for h, w in sizes]
 
 
+def cpu_name() -> str:
+    """The CPU model as Linux names it (the roofline below depends on it), or ``"unknown CPU"``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def write_checkpoint(path: str, depth: int) -> None:
     from ckpt_writer import make_checkpoint
 
@@ -152,6 +164,34 @@ def attention_comparison(n: int) -> Dict[str, float]:
     return res
 
 
+def model_flops(sizes: List[Tuple[int, int]], depth: int, dim: int = 768, ps: int = 16, prefix: int = 8) -> float:
+    """Multiply-add FLOPs (x2) of a ViT forward over ``sizes``: patch embedding, the four linear
+    layers of each block (``24 D^2`` per token, MLP ratio 4) and the attention products (``4 N^2 D``)."""
+    total = 0.0
+    for h, w in sizes:
+        n = prefix + (h // ps) * (w // ps)
+        total += 2 * (n - prefix) * 3 * ps * ps * dim
+        total += depth * (24 * n * dim * dim + 4 * n * n * dim)
+    return total
+
+
+def matmul_peak(dim: int = 768) -> Tuple[float, int]:
+    """The best FLOP rate of this CPU on the model's MLP product (``(N, D) x (D, 4D)``) over row counts
+    ``N`` from 64 to 16384, and the ``N`` that reaches it: an upper bound for any way of batching."""
+    w = torch.randn(4 * dim, dim)
+    best = (0.0, 0)
+    for n in (64, 128, 256, 512, 1024, 2048, 4096, 16384):
+        x = torch.randn(n, dim)
+        torch.nn.functional.linear(x, w)
+        reps = max(3, 200_000 // n)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        rate = 2 * n * dim * 4 * dim * reps / (time.perf_counter() - t0)
+        best = max(best, (rate, n))
+    return best
+
+
 def compile_comparison(ckpt: str) -> Dict[str, float]:
     """``torch.compile`` speed-up on the dense path (one size) and the packed path (one fixed set)."""
     from radio import radio_model
@@ -204,7 +244,7 @@ def main() -> None:
         write_checkpoint(ckpt, args.depth)
         sizes = mixed_sizes(args.images)
         print(f"ViT-B/16 random weights, depth {args.depth}, {args.images} images, torch {torch.__version__}, "
-              f"{args.threads} threads; total tokens {sum(8 + (h // 16) * (w // 16) for h, w in sizes)}")
+              f"{args.threads} threads of {cpu_name()}; total tokens {sum(8 + (h // 16) * (w // 16) for h, w in sizes)}")
         results = {}
         for method in ("loop", "bucket", "packed"):
             cmd = [sys.executable, __file__, "--method", method, "--ckpt", ckpt, "--images", str(args.images),
@@ -217,6 +257,12 @@ def main() -> None:
         print(f"packed / loop = {results['packed']['images_per_s'] / base:.2f}x, "
               f"bucket / loop = {results['bucket']['images_per_s'] / base:.2f}x "
               f"({results['bucket']['buckets']} distinct sizes)")
+        flops = model_flops(sizes, args.depth)
+        peak, rows = matmul_peak()
+        loop_rate = flops / results["loop"]["seconds"]
+        print(f"roofline: the set is {flops / 1e12:.2f} TFLOP; the loop runs at {loop_rate / 1e9:.0f} GFLOP/s, "
+              f"{100 * loop_rate / peak:.0f}% of this CPU's best matrix-product rate ({peak / 1e9:.0f} GFLOP/s, "
+              f"at {rows} rows), so no batching of the same computation can exceed {peak / loop_rate:.2f}x the loop here")
         print("attention on the whole set (per segment vs block-diagonal mask):", attention_comparison(args.images))
         if args.compile_depth:
             small = os.path.join(d, "small.pth.tar")
