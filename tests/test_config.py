@@ -43,5 +43,10 @@ def test_vitdet_checks(cfg):
         check_vitdet_window_size("4", ReleaseInfo())
     with pytest.raises(ValueError, match="does not support ViTDet"):
         check_vitdet_window_size(4, ReleaseInfo(name="c-radio_v3-b", supports_vitdet=False))
+    # a release's trained range bounds the window; a file's position table does not (larger inputs
+    # interpolate it, and the original accepts any window)
+    assert dataclasses.replace(cfg, vitdet_window_size=16).vitdet_global_blocks() == [1, 3, 5, 7]
+    released = dataclasses.replace(cfg, vitdet_window_size=16,
+                                   release=ReleaseInfo(name="x", patch_size=16, max_resolution=128))
     with pytest.raises(ValueError, match="above this model's max_resolution 128"):
-        dataclasses.replace(cfg, vitdet_window_size=16).vitdet_global_blocks()
+        released.vitdet_global_blocks()

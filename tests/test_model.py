@@ -108,9 +108,15 @@ def test_video_mode_restores_and_is_noop_in_eval(model, images):
                 raise RuntimeError("boom")
     assert model.model.patch_generator.num_video_frames == 1
     assert torch.equal(plain.features, video.features)
-    with pytest.raises(ValueError, match="multiple of 3"):
-        with model.cpe_video_mode(3):
-            model(x)
+    with torch.no_grad(), model.cpe_video_mode(3):  # model.md §3.8: no effect in eval, whatever the batch
+        assert torch.equal(model(x).features, plain.features)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="multiple of 3"):
+            with model.cpe_video_mode(3):
+                model(x)
+    finally:
+        model.eval()
 
 
 def test_forward_intermediates_last_sparse_equals_features(model, images):
@@ -264,9 +270,11 @@ CHECKPOINTS = {
     "feature_normalizer": dict(feature_normalizer=True, intermediate_normalizer="per_layer"),
     "float32_storage": dict(storage_dtype=torch.float32),
     "bf16_storage": dict(storage_dtype=torch.bfloat16),
+    # one summary token that no teacher uses: forward's summary is empty, a block's is (B, D)
+    "no_summary": dict(teachers=[{"name": "sam", "type": "generic", "use_summary": False}]),
 }
 #: the architecture variants (base, model_norm, single_cls, ...) are compared in test_backbone.py
-LAYOUTS = [name for name in CHECKPOINTS if name not in ("base", "model_norm", "single_cls")]
+LAYOUTS = [name for name in CHECKPOINTS if name not in ("base", "model_norm", "single_cls", "no_summary")]
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +295,7 @@ def test_forward_matches_reference(variant, written, images):
     assert_model_matches_reference(path, ck, images)
 
 
-@pytest.mark.parametrize("variant", ["base", "feature_normalizer", "model_norm", "single_cls"])
+@pytest.mark.parametrize("variant", ["base", "feature_normalizer", "model_norm", "single_cls", "no_summary"])
 @pytest.mark.parametrize("aggregation,scheme", [("sparse", "post-alpha"), ("dense", "post-alpha"),
                                                 ("dense", "pre-alpha"), ("dense", "none")])
 def test_forward_intermediates_match_reference(variant, aggregation, scheme, written, images):

@@ -139,11 +139,11 @@ class PatchGenerator(nn.Module):
 
     def position_embedding(self, batch: int, h: int, w: int) -> torch.Tensor:
         """The position embedding added to a batch on an ``h x w`` patch grid."""
-        t = self.num_video_frames
-        if batch % t:
-            raise ValueError(f"In cpe_video_mode({t}) the batch ({batch}) must be a multiple of {t} "
-                             "(inputs are (videos * frames, C, H, W)).")
-        if self.training and self.cpe_mode:
+        if self.training and self.cpe_mode:  # video mode only matters here: eval uses one fixed table
+            t = self.num_video_frames
+            if batch % t:
+                raise ValueError(f"In cpe_video_mode({t}) the batch ({batch}) must be a multiple of {t} "
+                                 "(inputs are (videos * frames, C, H, W)).")
             pos = self._train_pos_embed(batch, h, w)
         else:
             pos = self._eval_pos_embed(h, w)
