@@ -119,6 +119,11 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
     model_kwargs = {k: v for k, v in args.model_kwargs.items() if k not in _INIT_ONLY_KWARGS}
     arch = resolve_architecture(args.model, model_kwargs, _factory_kwargs(args))
     eradio = isinstance(arch, ERadioSpec)
+    if eradio and args.cpe_max_size is not None:
+        raise CheckpointError(
+            f"The checkpoint has cpe_max_size={args.cpe_max_size!r} but an E-RADIO backbone ({args.model}); CPE is not "
+            "supported for E-RADIO (the original refuses it too), so cpe_max_size must be None."
+        )
     if args.cpe_max_size is None and not eradio:
         raise CheckpointError(
             "The checkpoint has cpe_max_size=None (no CPE patch generator) but a ViT backbone; every released "
@@ -128,7 +133,8 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
     per_teacher = bool(getattr(args, "cls_token_per_teacher", True))
     raw_teachers = tuple(args.teachers or ())
     teachers = tuple(_teacher(i, t, per_teacher, args) for i, t in enumerate(raw_teachers))
-    num_cls = _count_summary_tokens(raw_teachers, per_teacher)
+    # E-RADIO has one summary (its token mean) whatever the teachers
+    num_cls = 1 if eradio else _count_summary_tokens(raw_teachers, per_teacher)
     num_reg = _count_registers(num_cls, getattr(args, "register_multiple", None),
                                getattr(args, "cpe_num_registers", None))
     if eradio or not arch.class_token:
@@ -141,7 +147,7 @@ def config_from_args(args: argparse.Namespace, *, release: ReleaseInfo = Release
                                                              and arch.final_norm))
     cfg = RadioConfig(
         arch=arch,
-        cpe_max_size=None if eradio or args.cpe_max_size is None else int(args.cpe_max_size),
+        cpe_max_size=None if args.cpe_max_size is None else int(args.cpe_max_size),
         num_cls_tokens=num_cls,
         num_registers=num_reg,
         summary_idxs=_summary_idxs(teachers, per_teacher),

@@ -12,15 +12,15 @@ import inspect
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .args import args_as_loaded, config_from_args, release_info
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointKeyError, load_checkpoint
 from .config import RadioConfig, check_vitdet_window_size
 from .download import resolve_hf_repository, resolve_release
 from .heads import HeadMismatchError
@@ -100,7 +100,7 @@ def build_model(cfg: RadioConfig, weights: ModelWeights,
                                            intermediate_normalizer=weights.intermediate_normalizer_shape,
                                            text_weights=text_weights)
     except HeadMismatchError as e:  # the file's heads do not fit its args: a checkpoint problem
-        raise CheckpointError(str(e)) from None
+        raise (CheckpointKeyError if isinstance(e, KeyError) else CheckpointError)(str(e)) from None
     _assign(model, weights.state_dict())
     return model.eval()
 
@@ -109,12 +109,12 @@ def build_model(cfg: RadioConfig, weights: ModelWeights,
 # Arguments
 
 
-def _adaptor_names(adaptor_names: Union[str, Sequence[str], None]) -> List[str]:
+def _adaptor_names(adaptor_names: Union[str, Iterable[str], None]) -> List[str]:
     if adaptor_names is None:
         return []
     if isinstance(adaptor_names, str):
         return [adaptor_names]
-    if not isinstance(adaptor_names, Sequence):
+    if isinstance(adaptor_names, (bytes, Mapping)) or not isinstance(adaptor_names, Iterable):
         raise TypeError(f"adaptor_names must be a string or a list of strings, got {type(adaptor_names).__name__} "
                         f"{adaptor_names!r}")
     names: List[str] = []
@@ -170,7 +170,8 @@ def _verify(path: Path, release: Optional[RadioVersion]) -> None:
 def radio_model(
     version: str = "",
     progress: bool = True,
-    adaptor_names: Union[str, Sequence[str], None] = None,
+    adaptor_names: Union[str, Iterable[str], None] = None,
+    neck_name: Optional[str] = None,
     vitdet_window_size: Optional[int] = None,
     return_checkpoint: bool = False,
     *,
@@ -179,7 +180,6 @@ def radio_model(
     patch_size: Optional[int] = None,
     max_resolution: Optional[int] = None,
     preferred_resolution: Optional[Tuple[int, int]] = None,
-    neck_name: Optional[str] = None,
     extra_safe_globals: Sequence[type] = (),
     revision: Optional[str] = None,
     verify: bool = False,
@@ -195,15 +195,17 @@ def radio_model(
         progress: show a progress bar while downloading.
         adaptor_names: teacher adaptor(s) to attach, e.g. ``'clip'`` or ``['siglip2-g', 'dino_v3']``. With
             adaptors, ``model(x)`` returns a dict with ``'backbone'`` and one entry per adaptor.
+        neck_name: only for RADIO1D research models; must be ``None``.
         vitdet_window_size: ViTDet windowed attention with windows of this many patches per side
-            (inputs must then be multiples of ``patch_size * vitdet_window_size``).
+            (inputs must then be multiples of ``patch_size * vitdet_window_size``). ``None`` takes a
+            Hugging Face repository's ``config.json`` setting (none for other sources); ``0`` means no
+            ViTDet whatever the repository says.
         return_checkpoint: also return the checkpoint dict (with the load-time changes to its ``args``).
         checkpoint_path: a local checkpoint file (overrides ``version``'s download; ``version`` may still
             name the release to get its metadata).
         text_weights: local text-tower weights per adaptor name, for offline zero-shot use
             (an open_clip checkpoint file, or a directory with a saved SigLIP2 model).
         patch_size, max_resolution, preferred_resolution: metadata overrides for local files.
-        neck_name: only for RADIO1D research models; must be ``None``.
         extra_safe_globals: plain-data classes to allow when unpickling a file you trust, beyond
             ``argparse.Namespace`` (e.g. ``[pathlib.PosixPath]``); still no code from the file runs.
         revision: branch, tag or commit of a Hugging Face repository id.
@@ -243,10 +245,19 @@ def radio_model(
     release = release_info(record, patch_size or (meta and meta.patch_size),
                            max_resolution or (meta and meta.max_resolution),
                            preferred_resolution or (meta and meta.preferred_resolution))
-    if vitdet_window_size is None and meta is not None:
-        vitdet_window_size = meta.vitdet_window_size
-    cfg = config_from_args(read.args, release=release, vitdet_window_size=vitdet_window_size,
-                           named_release=source.release if source.path is not None else None)
+    named = source.release if source.path is not None else None
+    cfg = config_from_args(read.args, release=release, vitdet_window_size=vitdet_window_size or None,
+                           named_release=named)
+    if vitdet_window_size is None and meta is not None and meta.vitdet_window_size:
+        # A repository's config.json asks for ViTDet: applied (the original's remote code records it
+        # but never installs it); 0 opts out, and a window this model cannot take is dropped with a warning.
+        windowed = replace(cfg, vitdet_window_size=meta.vitdet_window_size)
+        try:
+            windowed.vitdet_global_blocks()  # the window checked against this model
+            cfg = windowed
+        except (TypeError, ValueError) as e:
+            warnings.warn(f"The repository's config.json sets vitdet_window_size={meta.vitdet_window_size}, which "
+                          f"this model cannot use ({e}); loading it without ViTDet.", stacklevel=2)
     weights = model_weights(read.args, read.state_dict, read.is_ema, cfg, names)
     model = build_model(cfg, weights, text_weights)
     if return_checkpoint:

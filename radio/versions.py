@@ -114,7 +114,7 @@ VERSIONS: Dict[str, RadioVersion] = _table(
     RadioVersion("radio_v1", "nvidia/RADIO", "radio_v1.pth.tar", 14, 1050, Resolution(378, 378),
                  NON_COMMERCIAL, width_depth=(1280, 32)),
     RadioVersion("e-radio_v2", "nvidia/RADIO", "eradio_v2.pth.tar", 16, 2048, _R512, NON_COMMERCIAL,
-                 supports_vitdet=False),
+                 supports_vitdet=False, hf_repo_id="nvidia/E-RADIO"),
     RadioVersion("c-radio_v2-g", "nvidia/C-RADIOv2-g", "c-radio_v2-g_half.pth.tar", 16, 2048, _R768,
                  OPEN_MODEL, vitdet_num_global=8, download_query="", hf_repo_id="nvidia/C-RADIOv2-g"),
     RadioVersion("c-radio_v2-vlm-h", "nvidia/C-RADIOv2-VLM-H", "c-radio_v2-vlm-h.pth.tar", 16, 2048, _R768,

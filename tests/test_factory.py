@@ -59,3 +59,43 @@ def test_return_checkpoint_of_a_directory_holds_args_and_config(tmp_path):
     snap = write_remote_code_repo(make_checkpoint(tmp_path / "m.pth.tar"), tmp_path / "snap")
     model, raw = radio_model(str(snap), return_checkpoint=True)
     assert set(raw) >= {"args", "config", "state_dict"} and raw["args"].model == "vit_base_patch16_224"
+
+
+def test_positional_arguments_follow_the_original(tmp_path):
+    """model.md §1: ``radio_model(version, progress, adaptor_names, neck_name, vitdet_window_size,
+    return_checkpoint)``: code written against the original keeps its meaning."""
+    path = tmp_path / "d8.pth.tar"
+    make_checkpoint(path, depth=8, teachers=[dict(name="clip", summary_dim=12, feature_dim=10)])
+    model, raw = radio_model(str(path), False, ["clip"], None, 2, True)
+    assert model.window_size == 2 and list(model.adaptors) == ["clip"] and "args" in raw
+
+
+@pytest.mark.parametrize("names", [{"clip"}, ("clip",), (n for n in ["clip", "clip"])], ids=["set", "tuple", "generator"])
+def test_adaptor_names_take_any_iterable_of_strings(tmp_path, names):
+    path = tmp_path / "m.pth.tar"
+    make_checkpoint(path, teachers=[dict(name="clip", summary_dim=12, feature_dim=10)])
+    assert list(radio_model(str(path), adaptor_names=names).adaptors) == ["clip"]
+
+
+def test_a_repositorys_vitdet_setting_applies_and_can_be_overridden(tmp_path, images):
+    """hf-format.md §5.1 records config.json's vitdet_window_size; the issue asks for it to be applied.
+    An explicit argument wins (0: none), and a window the model cannot take is dropped with a warning."""
+    ck = make_checkpoint(tmp_path / "d8.pth.tar", depth=8)
+    repo = write_remote_code_repo(ck, tmp_path / "repo", extra={"vitdet_window_size": 2})
+    x = images(1, 64, 64)
+    with torch.no_grad():
+        windowed = radio_model(str(tmp_path / "d8.pth.tar"), vitdet_window_size=2)(x).features
+        plain = radio_model(str(tmp_path / "d8.pth.tar"))(x).features
+        from_repo = radio_model(str(repo))
+        assert from_repo.window_size == 2
+        torch.testing.assert_close(from_repo(x).features, windowed)
+        assert radio_model(str(repo), vitdet_window_size=4).window_size == 4
+        opted_out = radio_model(str(repo), vitdet_window_size=0)
+        assert opted_out.window_size is None
+        torch.testing.assert_close(opted_out(x).features, plain)
+
+    shallow = make_checkpoint(tmp_path / "d2.pth.tar", depth=2)  # too shallow for ViTDet (a period of 1)
+    repo2 = write_remote_code_repo(shallow, tmp_path / "repo2", extra={"vitdet_window_size": 2})
+    with pytest.warns(UserWarning, match="config.json sets vitdet_window_size=2.*without ViTDet"):
+        model = radio_model(str(repo2))
+    assert model.window_size is None
