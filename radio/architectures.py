@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple, Union
 import torch
 from torch import nn
 
+from .layers.norms import LN_EPS
+
 if TYPE_CHECKING:
     from .eradio import ERadioSpec
 
@@ -124,6 +126,42 @@ def _meta_vit(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
 
 
+def _check_block(name: str, blk: nn.Module, kwargs: Mapping[str, Any]) -> str:
+    """Refuse block options the package does not build (instead of silently running a different block);
+    return the GELU's ``approximate`` mode.
+
+    The model extras (DyT, MLP norm, SwiGLU) replace timm's norm and MLP afterwards, so only the parts
+    timm decides are checked: the activation, the block norms, the optional attention/MLP inner
+    norms and the MLP type.
+    """
+    from timm.layers import Mlp
+
+    def refuse(what: str) -> UnsupportedArchitectureError:
+        return UnsupportedArchitectureError(
+            f"Backbone {name!r} with model_kwargs {dict(kwargs)!r} has {what}, which this package does not "
+            "build (RADIO's ViTs use GELU, LayerNorm(eps=1e-6) and timm's Mlp).")
+
+    act = getattr(blk.mlp, "act", None)
+    if isinstance(act, nn.GELU):
+        approximate = act.approximate
+    elif type(act).__name__ == "GELUTanh":  # timm's tanh-approximated GELU
+        approximate = "tanh"
+    elif type(act).__name__ == "GELU":  # timm's exact GELU
+        approximate = "none"
+    else:
+        raise refuse(f"the activation {type(act).__name__}")
+    if type(blk.mlp) is not Mlp:
+        raise refuse(f"the MLP {type(blk.mlp).__name__}")
+    for part in ("norm1", "norm2"):
+        norm = getattr(blk, part)
+        if not isinstance(norm, nn.LayerNorm) or norm.eps != LN_EPS:
+            raise refuse(f"the block norm {norm!r}")
+    for part, inner in (("attn.norm", getattr(blk.attn, "norm", None)), ("mlp.norm", getattr(blk.mlp, "norm", None))):
+        if inner is not None and not isinstance(inner, nn.Identity):
+            raise refuse(f"an inner norm {part} ({type(inner).__name__})")
+    return approximate
+
+
 def resolve_architecture(name: str, model_kwargs: Mapping[str, Any],
                          factory_kwargs: Mapping[str, Any]) -> Union[ArchSpec, "ERadioSpec"]:
     """Describe the backbone that ``timm.create_model(name, **factory_kwargs, **model_kwargs)`` gives
@@ -174,7 +212,7 @@ def resolve_architecture(name: str, model_kwargs: Mapping[str, Any],
             "generator of RADIO only applies to VisionTransformer backbones."
         )
     blk = vit.blocks[0]
-    act = getattr(blk.mlp, "act", None)
+    act_approximate = _check_block(name, blk, kwargs)
     return ArchSpec(
         name=name,
         patch_size=int(vit.patch_embed.patch_size[0]),
@@ -190,7 +228,7 @@ def resolve_architecture(name: str, model_kwargs: Mapping[str, Any],
         class_token=vit.cls_token is not None,
         embed_norm=not isinstance(getattr(vit.patch_embed, "norm", nn.Identity()), nn.Identity),
         final_norm=not isinstance(vit.norm, nn.Identity),
-        act_approximate=getattr(act, "approximate", "none"),
+        act_approximate=act_approximate,
         drop_path_rates=tuple(float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in vit.blocks),
         **extras,
     )

@@ -87,11 +87,22 @@ def test_eradio_names_resolve_to_their_own_spec():
     # a timm model of another class: refused by its class, before timm's constructor sees our kwargs
     ("resnet18", {}, r"Backbone 'resnet18' is a timm model of timm.models.resnet, not a timm VisionTransformer"),
     ("vit_huge_patch16_224", {"no_such_option": 1}, r"Cannot build backbone 'vit_huge_patch16_224' with model_kwargs"),
+    # options timm builds but the package does not: refused rather than run as a different block
+    ("vit_base_patch16_224", {"act_layer": "quick_gelu"}, r"has the activation QuickGELU"),
+    ("vit_base_patch16_224", {"scale_mlp_norm": True}, r"has an inner norm mlp.norm"),
+    ("vit_base_patch16_224", {"scale_attn_norm": True}, r"has an inner norm attn.norm"),
+    ("vit_base_patch16_224", {"norm_layer": "rmsnorm"}, r"has the block norm RmsNorm"),
 ])
 def test_unsupported_architectures(name, kwargs, pattern):
     with pytest.raises(UnsupportedArchitectureError, match=pattern) as info:
         resolve_architecture(name, kwargs, {})
     assert isinstance(info.value, ValueError) and isinstance(info.value, NotImplementedError)
+
+
+@pytest.mark.parametrize("act,expected", [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_gelu_variants_keep_their_approximation(act, expected):
+    """model.md §2.1: model_kwargs go to timm unchanged, so timm's GELUTanh is a tanh-approximated GELU."""
+    assert resolve_architecture("vit_base_patch16_224", {"act_layer": act}, {}).act_approximate == expected
 
 
 def test_registered_table_covers_the_spec():
