@@ -9,13 +9,13 @@ expose ``tokenizer`` and ``encode_text``; the tower is built lazily on first tex
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .config import TeacherConfig
-from .heads import HeadMismatchError, build_head, upsample_tokens
+from .heads import HeadMismatchError, UnknownHeadError, build_head, upsample_tokens
 from .outputs import RadioOutput, to_nchw
 from .text_encoders import build_text_encoder
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .text_encoders import TextEncoder
 
 __all__ = ["Adaptor"]
+
+#: attributes of an adaptor that only teachers with a text tower have
+_TEXT_API = ("tokenizer", "encode_text", "oc_model", "text_model")
 
 
 class Adaptor(nn.Module):
@@ -65,8 +68,8 @@ class Adaptor(nn.Module):
             label = f"adaptor {teacher.name!r} {what} head"
             if variant is None:
                 raise HeadMismatchError(f"{label}: the checkpoint's args give no mlp_version for its heads")
-            if what == "summary" and variant == "attn":
-                raise HeadMismatchError(f"{label}: 'attn' is not a valid summary head variant")
+            if what == "summary" and variant == "attn":  # a KeyError too, as the original's lookup fails
+                raise UnknownHeadError(f"{label}: 'attn' is not a valid summary head variant")
             try:
                 heads.append(build_head(sd, variant))
             except HeadMismatchError as e:
@@ -79,21 +82,22 @@ class Adaptor(nn.Module):
         """Whether this teacher comes with a text tower (``tokenizer`` / ``encode_text``)."""
         return self.text is not None
 
-    def _text(self) -> "TextEncoder":
-        if self.text is None:
-            raise AttributeError(
-                f"Adaptor {self.name!r} has no text encoder: only teachers of type 'open_clip' or 'siglip2' "
-                "support tokenizer/encode_text."
-            )
-        return self.text
-
-    def tokenizer(self, texts: Sequence[str]) -> Any:
-        """Tokenize ``texts`` for :meth:`encode_text` (the teacher's own tokenizer)."""
-        return self._text().tokenizer(texts)
-
-    def encode_text(self, tokens: Any, normalize: bool = False) -> torch.Tensor:
-        """Embed tokenized text into this teacher's space, ``(B, D_text)``."""
-        return self._text().encode_text(tokens, normalize=normalize)
+    def __getattr__(self, name: str) -> Any:
+        """``tokenizer``, ``encode_text`` and the tower (``oc_model`` / ``text_model``) exist only for
+        teachers with a text tower, as in the original, so ``hasattr(adaptor, 'encode_text')`` tells
+        which adaptors can embed text. The tower attribute builds the tower on first access."""
+        if name in _TEXT_API:
+            text = self._modules.get("text")
+            if text is None:
+                raise AttributeError(
+                    f"Adaptor {self.name!r} has no text encoder: only teachers of type 'open_clip' or 'siglip2' "
+                    "have tokenizer/encode_text (check adaptor.has_text)."
+                )
+            if name in ("tokenizer", "encode_text"):
+                return getattr(text, name)
+            if name == text.tower_attr:
+                return text.load()
+        return super().__getattr__(name)
 
     def _param_dtype(self) -> torch.dtype:
         return next(self.head_mlp.parameters()).dtype

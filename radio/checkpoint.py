@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["Checkpoint", "CheckpointError", "UnsafeCheckpointError", "load_checkpoint", "read_checkpoint_file"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointKeyError", "UnsafeCheckpointError", "load_checkpoint", "read_checkpoint_file"]
 
 StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, Path]
@@ -30,6 +30,13 @@ ALLOWED_GLOBALS = (argparse.Namespace,)
 
 class CheckpointError(ValueError):
     """The file is not a usable RADIO checkpoint (corrupt, truncated, wrong content, missing keys)."""
+
+
+class CheckpointKeyError(CheckpointError, KeyError):
+    """A checkpoint problem the original reports as a failed lookup (e.g. an unknown head variant)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 class UnsafeCheckpointError(CheckpointError):

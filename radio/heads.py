@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Block
 
-__all__ = ["AttnHead", "HEAD_VERSIONS", "HeadMismatchError", "MlpV1", "MlpV2", "build_head", "head_sizes",
+__all__ = ["AttnHead", "HEAD_VERSIONS", "HeadMismatchError", "UnknownHeadError", "MlpV1", "MlpV2", "build_head", "head_sizes",
            "upsample_tokens"]
 
 HEAD_VERSIONS = ("v1", "v2", "attn")
@@ -24,6 +24,13 @@ HEAD_VERSIONS = ("v1", "v2", "attn")
 
 class HeadMismatchError(ValueError):
     """An adaptor head whose variant or weights do not fit together (the loader adds the file context)."""
+
+
+class UnknownHeadError(HeadMismatchError, KeyError):
+    """A head variant that does not exist for its role (a ``KeyError`` too, as in the original)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 _ATTN_HEADS = 16
 
 

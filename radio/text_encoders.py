@@ -33,6 +33,7 @@ __all__ = [
     "SigLIP2TextEncoder",
     "TextEncoder",
     "TextWeightsUnavailableError",
+    "UnknownTextModelError",
     "build_text_encoder",
     "canonicalize_text",
 ]
@@ -53,6 +54,13 @@ SIGLIP2_MAX_LENGTH = 64
 _OPEN_CLIP_NON_TEXT_PREFIXES = ("visual.",)
 _OPEN_CLIP_NON_TEXT_KEYS = ("logit_scale", "logit_bias")
 _OPEN_CLIP_TEXT_PREFIX = "text."
+
+
+class UnknownTextModelError(ValueError, KeyError):
+    """A teacher names a text model this package has no tower for (a ``KeyError`` too, as in the original)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 class TextWeightsUnavailableError(RuntimeError):
@@ -467,7 +475,7 @@ class SigLIP2TextEncoder(TextEncoder):
         teacher_name: adaptor name, used in error messages.
 
     Raises:
-        ValueError: ``model`` is not a known SigLIP2 teacher model.
+        UnknownTextModelError: ``model`` is not a known SigLIP2 teacher model (a ``ValueError`` and ``KeyError``).
     """
 
     tower_attr = "text_model"
@@ -477,7 +485,7 @@ class SigLIP2TextEncoder(TextEncoder):
     ) -> None:
         super().__init__(teacher_name)
         if model not in SIGLIP2_MODEL_IDS:
-            raise ValueError(
+            raise UnknownTextModelError(
                 f"Teacher '{teacher_name}': unknown siglip2 model '{model}'. Known models: "
                 + ", ".join(f"'{k}' ({v})" for k, v in SIGLIP2_MODEL_IDS.items())
             )

@@ -110,7 +110,7 @@ def clean_prefixes(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """Remove the ``_orig_mod.`` / ``module.`` wrapper prefixes (torch.compile, DDP) from keys."""
     out: StateDict = {}
     for k, v in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
+        for prefix in ("_orig_mod.", "module.", "_orig_mod."):  # either nesting of compile and DDP (timm's order)
             if k.startswith(prefix):
                 k = k[len(prefix):]
         out[k] = v

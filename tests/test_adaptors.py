@@ -94,8 +94,9 @@ def test_from_config_errors_name_the_adaptor_and_head():
     v2, v1 = MlpV2(8, 12, 5).state_dict(), MlpV1(8, 10, 4).state_dict()
     with pytest.raises(ValueError, match=r"adaptor 'clip' summary head: the checkpoint's args give no mlp_version"):
         Adaptor.from_config(_teacher(summary_head=None), v2, v1)
-    with pytest.raises(ValueError, match=r"adaptor 'clip' summary head: 'attn' is not a valid summary head"):
+    with pytest.raises(KeyError, match=r"adaptor 'clip' summary head: 'attn' is not a valid summary head") as info:
         Adaptor.from_config(_teacher(summary_head="attn"), v2, v1)
+    assert isinstance(info.value, ValueError)  # adaptors.md §2: the original fails with a KeyError
     mismatch = r"adaptor 'clip' feature head \(v2\) does not match the checkpoint: .*final\.2"
     with pytest.raises(ValueError, match=mismatch):
         Adaptor.from_config(_teacher(feature_head="v2"), v2, v1)
@@ -104,6 +105,8 @@ def test_from_config_errors_name_the_adaptor_and_head():
 def test_adaptor_without_text_tower():
     ad, _, _ = _adaptor()
     assert not ad.has_text
+    # adaptors.md §8: a generic adaptor has no tokenizer/encode_text, so hasattr says which adaptors embed text
+    assert not any(hasattr(ad, a) for a in ("tokenizer", "encode_text", "oc_model", "text_model"))
     with pytest.raises(AttributeError, match="'clip' has no text encoder.*'open_clip' or 'siglip2'"):
         ad.tokenizer(["a dog"])
     with pytest.raises(AttributeError, match="has no text encoder"):

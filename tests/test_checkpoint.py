@@ -165,7 +165,8 @@ def test_head_layout_mismatch_and_bad_versions_are_errors(tmp_path):
     assert isinstance(out, RadioOutput) and out.features.shape == (1, 4, backbone_only.embed_dim)
     with pytest.raises(CheckpointError, match="adaptor 'clip' summary head"):
         radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="clip")
-    with pytest.raises(CheckpointError, match="'attn' is not a valid summary head"):
+    with pytest.raises(CheckpointError, match="'attn' is not a valid summary head") as info:
         radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="dino_v2")
+    assert isinstance(info.value, KeyError)
     with pytest.raises(ValueError, match="'v3'"):
         radio_model(str(tmp_path / "h.pth.tar"), adaptor_names="sam")

@@ -377,6 +377,7 @@ def test_siglip2_dtype_anchor(tiny_siglip2):
 def test_siglip2_unknown_model():
     with pytest.raises(ValueError) as info:
         build_text_encoder({"name": "siglip2-g", "type": "siglip2", "model": "siglip2-huge"})
+    assert isinstance(info.value, KeyError)  # adaptors.md §7: the original's lookup gives KeyError
     for model, hf_id in SIGLIP2_MODEL_IDS.items():
         assert model in str(info.value) and hf_id in str(info.value)
 
@@ -418,3 +419,18 @@ def test_build_text_encoder_other_types():
         assert build_text_encoder({"name": "x", "type": teacher_type, "model": "m"}) is None
     with pytest.raises(ValueError, match="'clip'.*model"):
         build_text_encoder({"name": "clip", "type": "open_clip", "pretrained": "dfn5b"})
+
+
+def test_adaptor_exposes_its_text_tower(tiny_clips):
+    """An adaptor with a text tower has tokenizer/encode_text and the tower as ``oc_model``, as in the original."""
+    from radio.adaptors import Adaptor
+
+    ref, path = tiny_clips[TINY_CLIP]
+    enc = OpenClipTextEncoder(TINY_CLIP, str(path), teacher_name="clip")
+    ad = Adaptor("clip", 0, torch.nn.Identity(), torch.nn.Identity(), text=enc).eval()
+    assert hasattr(ad, "tokenizer") and hasattr(ad, "encode_text") and not hasattr(ad, "text_model")
+    tokens = ad.tokenizer(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(ad.encode_text(tokens, normalize=True), ref.encode_text(tokens, normalize=True),
+                                   rtol=0, atol=ATOL)
+    assert ad.oc_model is enc.oc_model

@@ -51,8 +51,9 @@ def test_layerscale_gamma_wins_over_grandma():
 
 
 def test_prefix_helpers():
-    sd = {"module.a.x": torch.zeros(1), "_orig_mod.module.b": torch.ones(1), "c.d": torch.ones(1)}
-    assert sorted(clean_prefixes(sd)) == ["a.x", "b", "c.d"]
+    sd = {"module.a.x": torch.zeros(1), "_orig_mod.module.b": torch.ones(1), "module._orig_mod.e": torch.ones(1),
+          "c.d": torch.ones(1)}
+    assert sorted(clean_prefixes(sd)) == ["a.x", "b", "c.d", "e"]  # compile inside DDP and DDP inside compile
     assert list(split_prefix({"a.x": 1, "ab.y": 2, "a.z": 3}, "a.")) == ["x", "z"]
     assert sorted(drop_unused({"norm.w": 1, "norm": 2, "normx": 3, "head.b": 4}, ["norm", "head"])) == ["normx"]
 
