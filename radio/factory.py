@@ -241,6 +241,8 @@ def radio_model(
         _verify(path, source.release)
     read = read_source(path, source.repo_id, extra_safe_globals)
     meta = read.metadata
+    if adaptor_names is None and meta is not None and meta.adaptor_names:
+        names = list(meta.adaptor_names)  # a repository saved with adaptors enabled (from_pretrained builds them)
     record = source.release if source.release is not None or meta is None else VERSIONS.get(meta.version or "")
     release = release_info(record, patch_size or (meta and meta.patch_size),
                            max_resolution or (meta and meta.max_resolution),

@@ -83,6 +83,10 @@ class HFMetadata:
         preferred_resolution: ``(height, width)``, if recorded.
         vitdet_window_size: ViTDet window size recorded in ``config.json`` (layout A), else ``None``.
         layout: ``'remote_code'`` or ``'native'``.
+        adaptor_names: the adaptors ``config.json`` enables (layout A's non-null ``adaptor_names``,
+            restricted to those ``adaptor_configs`` describes): the original's ``from_pretrained``
+            builds exactly these when the caller names none. Empty otherwise (pushed repositories
+            have ``null``).
     """
 
     version: Optional[str]
@@ -91,6 +95,7 @@ class HFMetadata:
     preferred_resolution: Optional[Tuple[int, int]]
     vitdet_window_size: Optional[int]
     layout: str
+    adaptor_names: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -345,6 +350,28 @@ def _check_head_sizes(path: Path, name: str, cfg: Mapping[str, Any], sd: Mapping
                                   f"weights have {v}", "The config.json and the weights do not belong together.")
 
 
+def _enabled_adaptors(path: Path, value: Any, usable: List[str]) -> Tuple[str, ...]:
+    """``config.json`` ``adaptor_names`` (``null``, a name or a list) as a tuple of usable names.
+
+    Names without an ``adaptor_configs`` entry (matching a teacher of ``args``) are left out with a
+    warning: they have no head sizes to build from.
+
+    Raises:
+        CheckpointError: the value is not ``null``, a name or a list of names.
+    """
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _fail(path, f"config.json adaptor_names={value!r} is not null or a list of names",
+                    "Set it to null or to a list of names of adaptor_configs.")
+    unknown = [n for n in names if n not in usable]
+    if unknown:
+        _logger.warning("%s: config.json adaptor_names lists %s, which adaptor_configs does not describe (it "
+                        "describes %s); left out", path, unknown, usable)
+    return tuple(dict.fromkeys(n for n in names if n in usable))
+
+
 def _read_remote_code(path: Path, config: Dict[str, Any], raw: StateDict,
                       repo_id: Optional[str]) -> HFRepository:
     args_dict = config["args"]
@@ -399,6 +426,7 @@ def _read_remote_code(path: Path, config: Dict[str, Any], raw: StateDict,
                 "the hub rule is used", path, stored.tolist(), hub)
     release = _release(config.get("version"), repo_id)
     vitdet = config.get("vitdet_window_size")
+    enabled = _enabled_adaptors(path, config.get("adaptor_names"), usable)
     metadata = HFMetadata(
         version=release.name if release is not None else None,
         patch_size=int(config["patch_size"]) if config.get("patch_size") is not None else
@@ -409,6 +437,7 @@ def _read_remote_code(path: Path, config: Dict[str, Any], raw: StateDict,
         (tuple(release.preferred_resolution) if release is not None else None),
         vitdet_window_size=int(vitdet) if vitdet is not None else None,
         layout="remote_code",
+        adaptor_names=enabled,
     )
     return HFRepository(path, "remote_code", config, args, sd, metadata)
 
@@ -496,8 +525,10 @@ def _read_native(path: Path, config: Dict[str, Any], raw: StateDict, repo_id: Op
                           f"{t_count + r_count}", "The config.json and the weights do not match.")
     idxs = [int(i) for i in (config.get("summary_idxs") or [0, 1])]
     if stored_idxs is not None and stored_idxs.tolist() != idxs:
-        _logger.warning("%s: stored summary_idxs %s differ from config.json %s; using config.json", path,
-                        stored_idxs.tolist(), idxs)
+        # transformers loads the persistent buffer over the value the config initialized it with
+        _logger.warning("%s: stored summary_idxs %s differ from config.json %s; using the stored buffer (as "
+                        "transformers does)", path, stored_idxs.tolist(), idxs)
+        idxs = [int(i) for i in stored_idxs.flatten().tolist()]
     if idxs != sorted(set(idxs)) or not idxs or idxs[-1] >= t_count or idxs[0] < 0:
         raise _fail(path, f"summary_idxs={idxs} is not an ascending selection of the {t_count} summary tokens",
                     "RADIO summaries concatenate distinct summary tokens in ascending order.")

@@ -56,10 +56,41 @@ def _write_repo(out: Path, config: Dict[str, Any], sd: Dict[str, torch.Tensor], 
     return out
 
 
+#: Backbone parameters the original's CPE installation and head removal take away (never in layout A).
+_NOT_OWNED_BY_HUB = ("cls_token", "pos_embed", "patch_embed", "head")
+
+
+def hub_backbone(written: Any) -> Dict[str, torch.Tensor]:
+    """The hub model's backbone state dict (below ``radio_model.model.``) for a ViT ``WrittenCheckpoint``.
+
+    hf-format.md §3: the realized weights under the hub model's own names: LayerScale ``grandma``
+    for the architectures the original registers, ``gamma`` for timm's (whatever the file stored);
+    ``norm.*`` only with ``model_norm``; unused parameters the hub model still owns (``reg_token``)
+    kept; timm's ``cls_token``/``pos_embed``/``patch_embed``/``head`` (removed by CPE) left out.
+    """
+    from ckpt_writer import ARCHITECTURES
+
+    args = written.args
+    arch = ARCHITECTURES.get(args.model)
+    ls = "grandma" if arch is not None and arch.own else "gamma"
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in written.realized["backbone"].items():
+        top = k.split(".", 1)[0]
+        if top in _NOT_OWNED_BY_HUB or (top == "norm" and not getattr(args, "model_norm", False)):
+            continue
+        for old in ("gamma", "grandma"):
+            for i in ("1", "2"):
+                if k.endswith(f".ls{i}.{old}"):
+                    k = k[: -len(old)] + ls
+        out[k] = v
+    return out
+
+
 def write_remote_code_repo(written: Any, out_dir: os.PathLike, *, adaptors: Optional[Sequence[str]] = None,
                            version: Optional[str] = None, stored_summary_idxs: Optional[Sequence[int]] = None,
                            backbone_dtype: Optional[torch.dtype] = None, plant_code: bool = False,
-                           extra: Optional[Dict[str, Any]] = None) -> Path:
+                           extra: Optional[Dict[str, Any]] = None,
+                           backbone: Optional[Dict[str, torch.Tensor]] = None) -> Path:
     """Layout A of a ``WrittenCheckpoint``: ``config.json`` + ``model.safetensors`` (float32 weights).
 
     Args:
@@ -71,6 +102,8 @@ def write_remote_code_repo(written: Any, out_dir: os.PathLike, *, adaptors: Opti
         backbone_dtype: dtype of the backbone tensors (default: ``args.dtype`` or float32).
         plant_code: also write ``hf_model.py`` whose import writes :data:`MARKER`.
         extra: further ``config.json`` fields (override).
+        backbone: the hub backbone state (below ``radio_model.model.``) to write instead of
+            :func:`hub_backbone` (e.g. the DINOv2 wrapper's ``inner.*`` keys).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,8 +111,8 @@ def write_remote_code_repo(written: Any, out_dir: os.PathLike, *, adaptors: Opti
     real = written.realized
     dtype = backbone_dtype or getattr(args, "dtype", torch.float32) or torch.float32
     sd: Dict[str, torch.Tensor] = {}
-    for k, v in real["backbone"].items():
-        sd[f"radio_model.model.{k}"] = v.to(dtype)
+    for k, v in (backbone if backbone is not None else hub_backbone(written)).items():
+        sd[f"radio_model.model.{k}"] = v.to(dtype) if v.is_floating_point() else v
     for k, v in real["conditioner"].items():
         sd[f"radio_model.input_conditioner.{k}"] = v.float()
     if real["feature_normalizer"]:

@@ -99,3 +99,18 @@ def test_a_repositorys_vitdet_setting_applies_and_can_be_overridden(tmp_path, im
     with pytest.warns(UserWarning, match="config.json sets vitdet_window_size=2.*without ViTDet"):
         model = radio_model(str(repo2))
     assert model.window_size is None
+
+
+def test_a_repository_saved_with_adaptors_enables_them(tmp_path, images):
+    """hf-format.md §5.2: the original's from_pretrained builds config.json's adaptor_names; an explicit
+    argument (even an empty list) wins."""
+    ck = make_checkpoint(tmp_path / "m.pth.tar")
+    repo = write_remote_code_repo(ck, tmp_path / "repo", extra={"adaptor_names": ["dino_v2"]})
+    model = radio_model(str(repo))
+    assert list(model.adaptors) == ["dino_v2"]
+    x = images(1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["dino_v2"].features,
+                                   radio_model(str(tmp_path / "m.pth.tar"), adaptor_names="dino_v2")(x)["dino_v2"].features)
+    assert list(radio_model(str(repo), adaptor_names=[]).adaptors) == []
+    assert list(radio_model(str(repo), adaptor_names="clip").adaptors) == ["clip"]

@@ -424,3 +424,55 @@ def test_eradio_safetensors_export_round_trip(eradio, tmp_path, images):
         assert torch.equal(ta, tb)
     errors = verify_safetensors_export(official, out)
     assert len(errors) == 2 * 2 * 4 and set(errors.values()) == {0.0}
+
+
+def test_eradio_export_without_a_version_names_e_radio_v2(eradio, tmp_path):
+    """hf-format.md §2.1: version must be a key of the version table; an E-RADIO file loaded without
+    one is written as e-radio_v2 with that release's sizes (never null)."""
+    import json
+
+    from radio import radio_model
+    from radio.export.safetensors_export import export_safetensors
+
+    w, _, official = eradio
+    assert official.version is None and official.max_resolution is None and official.preferred_resolution is None
+    _, checkpoint = radio_model(w.path, return_checkpoint=True)
+    out = export_safetensors(official, checkpoint["args"], tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["version"], config["patch_size"], config["max_resolution"], config["preferred_resolution"]) == (
+        "e-radio_v2", 16, 2048, [512, 512])
+    meta = read_hf_directory(out).metadata
+    assert (meta.version, meta.max_resolution, meta.preferred_resolution) == ("e-radio_v2", 2048, (512, 512))
+
+
+def test_native_stored_summary_idxs_win_over_config(tmp_path, caplog, images):
+    """transformers loads the persistent summary_idxs buffer over config.json's value."""
+    import json
+
+    from radio import radio_model
+
+    w = make_checkpoint(tmp_path / "s.pth.tar", storage_dtype=torch.float32)  # T = 3, stored [0, 1]
+    repo = write_native_repo(w, tmp_path / "native")
+    config = json.loads((repo / "config.json").read_text())
+    assert config["summary_idxs"] == [0, 1] and config["num_cls_tokens"] == 3
+    config["summary_idxs"] = [0, 2]
+    (repo / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="radio.hf"):
+        model = _build(repo)
+    assert "stored summary_idxs [0, 1] differ from config.json [0, 2]; using the stored buffer" in caplog.text
+    assert model.summary_idxs.tolist() == [0, 1]
+    _compare_models(radio_model(w.path), model, images(1, 32, 48), tol=0.0)
+
+
+def test_remote_code_adaptor_names_in_metadata(plain, tmp_path, caplog):
+    """A non-null config.json adaptor_names is what the original's from_pretrained builds."""
+    assert read_hf_directory(write_remote_code_repo(plain, tmp_path / "a")).metadata.adaptor_names == ()
+    repo = write_remote_code_repo(plain, tmp_path / "b", extra={"adaptor_names": ["sam", "clip"]})
+    assert read_hf_directory(repo).metadata.adaptor_names == ("sam", "clip")
+    repo = write_remote_code_repo(plain, tmp_path / "c", adaptors=["clip"], extra={"adaptor_names": ["clip", "sam"]})
+    with caplog.at_level(logging.WARNING, logger="radio.hf"):
+        assert read_hf_directory(repo).metadata.adaptor_names == ("clip",)
+    assert "adaptor_names lists ['sam'], which adaptor_configs does not describe" in caplog.text
+    repo = write_remote_code_repo(plain, tmp_path / "d", extra={"adaptor_names": {"clip": 1}})
+    with pytest.raises(CheckpointError, match="adaptor_names=.* is not null or a list of names"):
+        read_hf_directory(repo)

@@ -99,6 +99,61 @@ def _teacher(args: argparse.Namespace, name: str) -> Mapping[str, Any]:
     return {}
 
 
+#: Fallback release names for ``config.json`` ``version`` (hf-format.md §2.1: it must be a key of the
+#: version table; the original's default is its default version).
+_ERADIO_FALLBACK_VERSION = "e-radio_v2"
+
+#: The remote-code classes a layout-A ``config.json`` points transformers at (hf-format.md §2.1).
+_AUTO_MAP = {"AutoConfig": "hf_model.RADIOConfig", "AutoModel": "hf_model.RADIOModel"}
+#: transformers version recorded when transformers is not installed (the one the spec was checked with).
+_FALLBACK_TRANSFORMERS_VERSION = "5.24.0"
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return _FALLBACK_TRANSFORMERS_VERSION
+
+
+def _is_eradio(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "is_eradio", False))
+
+
+def _release_fields(model: nn.Module, version: Optional[str]) -> Dict[str, Any]:
+    """``version``, ``patch_size``, ``max_resolution``, ``preferred_resolution``: never null.
+
+    The version is the one given, else the model's, else the default version (``e-radio_v2`` for
+    E-RADIO). The sizes are the model's; where the model has none (a file loaded without a
+    release), those of the version given, else for a ViT the position table's size (its square as
+    the preferred resolution) and for E-RADIO the fallback release's values.
+
+    Raises:
+        ValueError: ``version`` is not a key of the version table.
+    """
+    from ..versions import DEFAULT_VERSION, VERSIONS
+
+    if version is not None and version not in VERSIONS:
+        raise ValueError(f"version={version!r} is not a release name; config.json needs one of "
+                         f"{', '.join(VERSIONS)} (the original's config looks it up), or leave it out.")
+    eradio = _is_eradio(model)
+    record = VERSIONS.get(version or getattr(model, "version", None) or "")
+    fallback = VERSIONS[_ERADIO_FALLBACK_VERSION if eradio else DEFAULT_VERSION]
+    patch_size = int(model.patch_size)
+    max_res = getattr(model, "max_resolution", None) or (record or fallback).max_resolution
+    preferred = getattr(model, "preferred_resolution", None)
+    if preferred is None and (record is not None or eradio):
+        preferred = tuple((record or fallback).preferred_resolution)
+    if preferred is None:  # the position table's square, on the model's resolution grid
+        res = model.get_nearest_supported_resolution(int(max_res), int(max_res))
+        preferred = (int(res[0]), int(res[1]))
+    return {"version": (record or fallback).name, "patch_size": patch_size, "max_resolution": int(max_res),
+            "preferred_resolution": [int(preferred[0]), int(preferred[1])]}
+
+
 def _config(model: nn.Module, args: argparse.Namespace, sd: Mapping[str, torch.Tensor],
             version: Optional[str]) -> Dict[str, Any]:
     adaptor_configs: Dict[str, Any] = {}
@@ -117,36 +172,148 @@ def _config(model: nn.Module, args: argparse.Namespace, sd: Mapping[str, torch.T
         rot = sd["radio_model.inter_feature_normalizer.rotation"]
         inter = {"num_intermediates": int(means.shape[0]), "embed_dim": int(means.shape[1]),
                  "rot_per_layer": rot.ndim == 3}
-    preferred = getattr(model, "preferred_resolution", None)
     return {
         "architectures": ["RADIOModel"],
+        # The original's save_pretrained also writes hf_model.py and the modules it imports; this
+        # exporter writes no code files, so loading with trust_remote_code needs those files copied
+        # in from an official repository. This package (and its reader) needs none.
+        "auto_map": dict(_AUTO_MAP),
         "args": args_to_json(args),
-        "version": version or getattr(model, "version", None),
-        "patch_size": int(model.patch_size),
-        "max_resolution": getattr(model, "max_resolution", None),
-        "preferred_resolution": [int(preferred[0]), int(preferred[1])] if preferred is not None else None,
+        **_release_fields(model, version),
         "adaptor_names": None,
         "adaptor_configs": adaptor_configs,
         "vitdet_window_size": None,
         "feature_normalizer_config": feat,
         "inter_feature_normalizer_config": inter,
         "dtype": str(next(model.model.parameters()).dtype).rsplit(".", 1)[-1],
+        "transformers_version": _transformers_version(),
     }
 
 
-def _layout_a_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """``radio_model.*`` tensors from the built model's state dict."""
+#: Top-level parameters of a timm ``VisionTransformer`` that the hub model keeps (unused under CPE).
+_TIMM_UNUSED = ("reg_token", "norm_pre", "fc_norm", "attn_pool")
+_LAYER_SCALE = re.compile(r"^(?P<block>blocks\.\d+\.ls[12])\.gamma$")
+#: The DINOv2 wrapper's own (unused) conditioner: ImageNet statistics.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _source_tensor(source: Mapping[str, torch.Tensor], key: str, shape: Sequence[int],
+                   dtype: torch.dtype) -> Optional[torch.Tensor]:
+    value = source.get(key)
+    if value is None or tuple(value.shape) != tuple(shape):
+        return None
+    return value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype).clone()
+
+
+def _timm_unused_shapes(args: argparse.Namespace) -> Dict[str, Tuple[Tuple[int, ...], bool]]:
+    """``{key: (shape, floating)}`` of the unused top-level parameters of the timm ViT ``args`` names.
+
+    Built on the meta device exactly as the architecture is resolved when loading; empty when
+    the architecture cannot be built here (the stored values are then all there is).
+    """
+    from ..architectures import UnsupportedArchitectureError, _meta_vit
+    from ..args import _INIT_ONLY_KWARGS, _factory_kwargs
+
+    kwargs = {k: v for k, v in _factory_kwargs(args).items() if v is not None}
+    kwargs.update({k: v for k, v in dict(getattr(args, "model_kwargs", None) or {}).items()
+                   if k not in _INIT_ONLY_KWARGS})
+    kwargs.pop("scaled_ln", None)
+    kwargs.pop("pretrained", None)
+    try:
+        vit = _meta_vit(str(args.model), kwargs)
+    except (UnsupportedArchitectureError, TypeError, ValueError) as e:
+        _logger.info("cannot list the unused parameters of %s (%s); only stored ones are exported", args.model, e)
+        return {}
+    return {k: (tuple(v.shape), v.is_floating_point()) for k, v in vit.state_dict().items()
+            if k.split(".", 1)[0] in _TIMM_UNUSED}
+
+
+def _hub_backbone(model: nn.Module, args: argparse.Namespace,
+                  source: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The backbone's tensors under the hub model's own names (below ``model.``; hf-format.md §3).
+
+    The inverse of the loader's renames (:mod:`radio.weights`): LayerScale is ``grandma`` for the
+    original's own architectures (and the DINOv2 wrapper), ``gamma`` for timm's; the DINOv2 wrapper's
+    keys live under ``inner.`` next to its unused ``inner.mask_token`` and ``input_conditioner.*``;
+    unused timm parameters the hub model owns (``reg_token``, ...) are written with the stored value
+    when ``source`` has it, else zeros. E-RADIO keys are the module's own.
+    """
+    from ..architectures import RADIO_ARCHITECTURES
+
+    bb = {k[len("model."):]: v for k, v in model.state_dict().items() if k.startswith("model.")}
+    if _is_eradio(model) or not bb:
+        return bb
+    cfg = model.config
+    dtype = next(model.model.parameters()).dtype
+    dinov2 = cfg.arch.family == "dinov2"
+    if dinov2 or str(args.model) in RADIO_ARCHITECTURES:
+        bb = {_LAYER_SCALE.sub(r"\g<block>.grandma", k): v for k, v in bb.items()}
+    if dinov2:
+        out = {"inner." + k: v for k, v in bb.items()}
+        dim = int(cfg.arch.embed_dim)
+        extra = {"inner.mask_token": ((1, dim), torch.zeros(1, dim)),
+                 "input_conditioner.norm_mean": ((3, 1, 1), torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)),
+                 "input_conditioner.norm_std": ((3, 1, 1), torch.tensor(_IMAGENET_STD).view(3, 1, 1))}
+        for key, (shape, default) in extra.items():
+            stored = _source_tensor(source, "base_model." + key, shape, dtype)
+            out[key] = stored if stored is not None else default.to(dtype)
+        return out
+    unused = _timm_unused_shapes(args)
+    for key in source:  # stored unused parameters the meta model does not list (e.g. odd kwargs)
+        if key.startswith("base_model.") and key[len("base_model."):].split(".", 1)[0] in _TIMM_UNUSED:
+            unused.setdefault(key[len("base_model."):], (tuple(source[key].shape), source[key].is_floating_point()))
+    for key, (shape, floating) in sorted(unused.items()):
+        stored = _source_tensor(source, "base_model." + key, shape, dtype)
+        if stored is None:
+            _logger.info("%s is not in the source weights; exported as zeros (the hub model never uses it)", key)
+            stored = torch.zeros(shape, dtype=dtype if floating else torch.int64)
+        bb[key] = stored
+    return bb
+
+
+def _conditioner_state(model: nn.Module, input_conditioner: Optional[nn.Module]) -> Dict[str, torch.Tensor]:
+    """``norm_mean`` / ``norm_std`` (float32 ``(3, 1, 1)``) of the model's conditioner.
+
+    Raises:
+        ValueError: the conditioner was made external and not passed back.
+    """
+    cond = input_conditioner if input_conditioner is not None else model.input_conditioner
+    mean, std = getattr(cond, "norm_mean", None), getattr(cond, "norm_std", None)
+    if mean is None or std is None:
+        if input_conditioner is not None:
+            raise ValueError(f"input_conditioner is a {type(input_conditioner).__name__} without norm_mean/norm_std; "
+                             "pass the module model.make_preprocessor_external() returned.")
+        raise ValueError("The model's input conditioner was made external (make_preprocessor_external()), so the "
+                         "model no longer holds the mean/std the repository must store. Pass the module it "
+                         "returned: export_*(model, ..., input_conditioner=conditioner), or export a model "
+                         "loaded afresh.")
+    return {"norm_mean": mean.detach().float().reshape(3, 1, 1).cpu().contiguous(),
+            "norm_std": std.detach().float().reshape(3, 1, 1).cpu().contiguous()}
+
+
+def _layout_a_state(model: nn.Module, args: argparse.Namespace,
+                    source_state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+                    input_conditioner: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+    """``radio_model.*`` tensors: the hub model's state-dict names (hf-format.md §3)."""
+    from ..weights import clean_prefixes
+
+    source = clean_prefixes(source_state_dict) if source_state_dict else {}
     out: Dict[str, torch.Tensor] = {}
+    for key, value in _hub_backbone(model, args, source).items():
+        out["radio_model.model." + key] = value
+    for key, value in _conditioner_state(model, input_conditioner).items():
+        out["radio_model.input_conditioner." + key] = value
     for key, value in model.state_dict().items():
         if key.startswith("adaptors."):
             parts = key.split(".")
             # only the MLP heads; text towers are not part of the repository
             if len(parts) < 3 or parts[2] not in ("head_mlp", "feat_mlp"):
                 continue
-        elif not key.startswith(("model.", "input_conditioner.", "feature_normalizer.",
-                                 "inter_feature_normalizer.")):
+        elif not key.startswith(("feature_normalizer.", "inter_feature_normalizer.")):
             continue
-        out["radio_model." + key] = value.detach().contiguous().cpu()
+        out["radio_model." + key] = value
+    out = {k: v.detach().contiguous().cpu() for k, v in out.items()}
     out.update(_eradio_bias_buffers(model))
     out["radio_model.summary_idxs"] = model.summary_idxs.detach().to(torch.int64).cpu().contiguous()
     return out
@@ -191,33 +358,43 @@ def _eradio_bias_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def export_safetensors(model: nn.Module, args: argparse.Namespace, out_dir: PathLike, *,
-                       version: Optional[str] = None) -> Path:
+                       version: Optional[str] = None,
+                       source_state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+                       input_conditioner: Optional[nn.Module] = None) -> Path:
     """Write ``model`` as a remote-code-layout directory without code.
 
     Args:
         model: a ``RADIOModel`` loaded with every adaptor to keep (e.g. all teacher names).
         args: the checkpoint's ``args`` (``radio_model(..., return_checkpoint=True)[1]['args']``).
         out_dir: directory to create or fill (``config.json``, ``model.safetensors``).
-        version: release name for ``config.json`` (default: the model's own).
+        version: release name for ``config.json`` (default: the model's own, else the default
+            version, ``e-radio_v2`` for E-RADIO); must be a key of the version table.
+        source_state_dict: the checkpoint's state dict in the official layout
+            (``base_model.*`` ...), for the values of parameters the hub model owns but this
+            package does not load (``reg_token``, the DINOv2 wrapper's ``mask_token``); without it
+            they are written as zeros (no output depends on them).
+        input_conditioner: the module ``model.make_preprocessor_external()`` returned, when the
+            model's conditioner was made external (its mean/std are stored in the repository).
 
     Returns:
         ``out_dir`` as a ``Path``.
 
     Raises:
         ValueError: the model is in ViTDet mode (the layout records no windowing; load the export
-            with ``vitdet_window_size`` instead) or has no backbone weights.
+            with ``vitdet_window_size`` instead), has no backbone weights, its conditioner was made
+            external and not passed, or ``version`` is not a release name.
     """
     from safetensors.torch import save_file
 
     if getattr(model, "window_size", None):
         raise ValueError("The model was loaded with vitdet_window_size; export it without ViTDet (ViTDet is a "
                          "load-time option: pass vitdet_window_size when loading the exported directory).")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = _layout_a_state(model)
+    sd = _layout_a_state(model, args, source_state_dict, input_conditioner)
     if not any(k.startswith("radio_model.model.") for k in sd):
         raise ValueError("The model has no backbone weights under 'model.'; is it a RADIOModel?")
     config = _config(model, args, sd, version)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     _logger.info("Wrote %s (%d tensors)", out, len(sd))
@@ -250,6 +427,9 @@ def verify_safetensors_export(model: nn.Module, out_dir: PathLike,
         sizes: input sizes ``(H, W)`` (default: a square and a non-square size within the model's
             supported resolutions, at most its ``max_resolution``).
 
+    A model whose conditioner was made external is compared with the read-back model's made
+    external too (both get the same, already standardized, values).
+
     Returns:
         ``{'<output>@<H>x<W>': relative error}`` (see :mod:`radio.export.parity`).
     """
@@ -257,6 +437,8 @@ def verify_safetensors_export(model: nn.Module, out_dir: PathLike,
 
     names = list(model.adaptors)
     loaded = radio_model(str(out_dir), adaptor_names=names or None, progress=False)
+    if isinstance(model.input_conditioner, nn.Identity):  # made external: feed both standardized inputs
+        loaded.make_preprocessor_external()
     errors: Dict[str, float] = {}
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -303,7 +485,8 @@ def export_safetensors_from(src: str, out_dir: PathLike, *, verify: bool = False
         path = resolve_hf_repository(source.repo_id, progress=progress)
     else:
         path = resolve_release(source.release, progress=progress)
-    teachers = getattr(read_source(path, source.repo_id, ()).args, "teachers", None) or ()
+    read = read_source(path, source.repo_id, ())
+    teachers = getattr(read.args, "teachers", None) or ()
     names = list(dict.fromkeys(str(t["name"]) for t in teachers if isinstance(t, Mapping) and "name" in t))
     if source.repo_id is not None:  # the snapshot is cached now; the repository id keeps its metadata
         loaded = radio_model(source.repo_id, adaptor_names=names or None, progress=progress,
@@ -313,6 +496,6 @@ def export_safetensors_from(src: str, out_dir: PathLike, *, verify: bool = False
         loaded = radio_model(release, adaptor_names=names or None, progress=progress, return_checkpoint=True,
                              checkpoint_path=path)
     model, checkpoint = loaded
-    path = export_safetensors(model, checkpoint["args"], out_dir)
+    path = export_safetensors(model, checkpoint["args"], out_dir, source_state_dict=read.state_dict)
     errors = verify_safetensors_export(model, path, sizes) if verify else {}
     return path, errors

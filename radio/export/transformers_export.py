@@ -20,7 +20,7 @@ from torch import nn
 
 from .parity import parity_key, relative_error
 
-__all__ = ["export_transformers", "transformers_export_blockers", "verify_transformers_export"]
+__all__ = ["export_transformers", "parity_tolerance", "transformers_export_blockers", "verify_transformers_export"]
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def transformers_export_blockers(model: nn.Module) -> Tuple[List[str], List[str]
     return blockers, droppable
 
 
-def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported: bool = False) -> Path:
+def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported: bool = False,
+                        input_conditioner: Optional[nn.Module] = None) -> Path:
     """Write ``model`` as a directory ``transformers.RadioModel.from_pretrained`` loads.
 
     Args:
@@ -93,16 +94,20 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
         out_dir: directory to create or fill.
         drop_unsupported: leave adaptors and feature normalizers out (logged as a warning) instead of
             refusing; the exported ``features`` are then the raw backbone features.
+        input_conditioner: the module ``model.make_preprocessor_external()`` returned, when the
+            model's conditioner was made external (``RadioModel`` stores its mean/std).
 
     Returns:
         ``out_dir`` as a ``Path``.
 
     Raises:
-        ValueError: the model uses features layout B cannot represent; the message lists all of them.
+        ValueError: the model uses features layout B cannot represent (the message lists all of
+            them), or its conditioner was made external and not passed.
     """
     from safetensors.torch import save_file
 
     from ..hf import mlp_ratio_for
+    from .safetensors_export import _conditioner_state
 
     blockers, droppable = transformers_export_blockers(model)
     if droppable and not drop_unsupported:
@@ -134,9 +139,8 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
             key = f"radio_model.model.blocks.{j}.{name}"
             if rows and key not in sd:
                 sd[key] = torch.zeros(rows, dtype=dtype)
-    cond = model.input_conditioner
-    mean = cond.norm_mean.detach().float().reshape(3, 1, 1)
-    std = cond.norm_std.detach().float().reshape(3, 1, 1)
+    cond = _conditioner_state(model, input_conditioner)
+    mean, std = cond["norm_mean"], cond["norm_std"]
     sd["radio_model.input_conditioner.norm_mean"] = mean
     sd["radio_model.input_conditioner.norm_std"] = std
     idxs = [int(i) for i in model.summary_idxs.tolist()]
@@ -178,6 +182,25 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
     return out
 
 
+#: Relative-error limits of a parity check per backbone dtype (bf16/fp16 round every activation).
+_TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def parity_tolerance(model: nn.Module) -> float:
+    """The relative error a faithful export of ``model`` stays within: 1e-5 for a float32 backbone,
+    2e-2 for bfloat16 (8 significant bits, ~4e-3 per rounding; measured 6e-3 to 8e-3 on tiny
+    models), 5e-3 for float16.
+
+    Args:
+        model: the exported ``RADIOModel``.
+
+    Returns:
+        The limit for every entry of :func:`verify_transformers_export`'s result.
+    """
+    dtype = next(model.model.parameters()).dtype
+    return _TOLERANCES.get(dtype, 2e-2)
+
+
 def _backbone_reference(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """This package's raw backbone summary and features (normalizer and adaptors left out)."""
     out = model(x)
@@ -186,7 +209,7 @@ def _backbone_reference(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor
     summary, features = out.summary, out.features
     fn = model.feature_normalizer
     if not isinstance(fn, nn.Identity):  # undo nothing: recompute without the normalizer
-        tokens = model.model(model.input_conditioner(x))
+        tokens = model.model(model.input_conditioner(x).to(next(model.model.parameters()).dtype))
         prefix = model.model.num_prefix_tokens
         features = tokens[:, prefix:]
     return summary, features
@@ -195,6 +218,11 @@ def _backbone_reference(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor
 def verify_transformers_export(model: nn.Module, out_dir: PathLike,
                                sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, float]:
     """Relative errors of ``summary``/``features`` between ``model`` and ``RadioModel.from_pretrained(out_dir)``.
+
+    Both get the same pixels: random values rounded to the dtype of the transformers model (which
+    loads in the export's dtype, e.g. bfloat16), so only the arithmetic differs; compare the
+    result with :func:`parity_tolerance`. A model whose conditioner was made external is compared
+    with the transformers model's conditioner made external too (both get the same values).
 
     Args:
         model: the exported model.
@@ -207,6 +235,9 @@ def verify_transformers_export(model: nn.Module, out_dir: PathLike,
     from transformers import RadioModel
 
     hf = RadioModel.from_pretrained(str(out_dir)).eval()
+    if isinstance(model.input_conditioner, nn.Identity):
+        hf.make_preprocessor_external()
+    hf_dtype = next(hf.parameters()).dtype
     ps = model.patch_size
     if sizes is None:
         grid = int(round(model.model.patch_generator.pos_embed.shape[1] ** 0.5))
@@ -215,8 +246,8 @@ def verify_transformers_export(model: nn.Module, out_dir: PathLike,
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for h, w in sizes:
-            x = torch.rand(2, 3, h, w, generator=g)
-            ref_summary, ref_features = _backbone_reference(model, x)
+            x = torch.rand(2, 3, h, w, generator=g).to(hf_dtype)
+            ref_summary, ref_features = _backbone_reference(model, x.float())
             got = hf(pixel_values=x)
             errors[parity_key("summary", h, w)] = relative_error(got.summary.to(ref_summary.dtype), ref_summary)
             errors[parity_key("features", h, w)] = relative_error(got.features.to(ref_features.dtype), ref_features)

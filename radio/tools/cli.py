@@ -717,7 +717,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             path, errors = export_safetensors_from(args.src, out, verify=args.verify, progress=not args.no_progress)
         sys.stdout.write(f"wrote {path}\n")
         return 0 if not args.verify or _print_errors(errors, 1e-5) else EXIT_FAILURE
-    from ..export.transformers_export import export_transformers, verify_transformers_export
+    from ..export.transformers_export import export_transformers, parity_tolerance, verify_transformers_export
 
     model = _load_model(args, source, (), _cpu(), progress=not args.no_progress)
     try:
@@ -726,7 +726,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(_in_cli_words(e)[0]) from e
     sys.stdout.write(f"wrote {path}\n")
     if args.verify:
-        return 0 if _print_errors(verify_transformers_export(model, path), 1e-5) else EXIT_FAILURE
+        return 0 if _print_errors(verify_transformers_export(model, path), parity_tolerance(model)) else EXIT_FAILURE
     return 0
 
 
