@@ -14,10 +14,15 @@ the stale caches that the original stores.
 
 Differences from the original, all deliberate:
 
-* In eval mode BatchNorm is folded into the preceding convolution lazily (computed once in
-  float32, cast to the module dtype, cached and re-validated against the parameters' identity and
-  version counters on every call), and the relative position bias is computed from its MLP once
-  per (window size, dtype, device) and cached. There is no stale stored bias buffer.
+* In eval mode, for float32 (and float64) weights, BatchNorm is folded into the preceding
+  convolution lazily (computed in at least float32, cached and re-validated against the
+  parameters' identity, storage pointer and version counter on every call); half-precision
+  weights (bfloat16, float16) are not folded, because rounding the folded weights to the low
+  dtype is less precise than the original's convolution followed by BatchNorm. The relative
+  position bias is computed from its MLP once per (window size, dtype, device) and cached. There
+  is no stale stored bias buffer. Caveat: in-place edits made through ``.data`` (an alias with
+  its own version counter) do not bump the parameter's version counter, so the caches cannot
+  see them; call :meth:`ERadioBackbone.clear_caches` after such edits.
 * The window size is a per-call argument (``forward(x, window_size=...)``); the backbone's
   ``window_size`` attribute is only the default, so concurrent calls never interfere.
 * Errors are ``ValueError``/``TypeError`` with actionable messages; logging replaces prints.
@@ -27,9 +32,12 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Set, Tuple,
+                    Union)
 
 import torch
 import torch.nn as nn
@@ -85,7 +93,8 @@ class ERadioSpec:
         full_features_head_dim: neck width ``F``.
         qkv_bias: ``qkv`` projection has a bias.
         qk_scale: attention scale override (``None``: ``head_dim ** -0.5``).
-        layer_scale: initial value of per-channel ``gamma1``/``gamma2`` (``None``: no layer scale).
+        layer_scale: initial value of per-channel ``gamma1``/``gamma2`` (``None``: no layer scale;
+            ``0.0`` is a zero layer scale, as the original tests ``is not None``).
         multi_query: one shared key/value head.
         downsample_shuffle: the between-level downsample is a quadrant split + 1x1 ``Conv2d_BN``.
         use_shift: Swin-style cyclic window shift in the odd-numbered blocks of levels 2 and 3 (the
@@ -167,6 +176,8 @@ _GENERAL_SETTABLE: Dict[str, Any] = {
     'qkv_bias': False, 'qk_scale': None, 'layer_scale': None, 'multi_query': False,
     'use_shift': False, 'norm_layer': None, 'in_chans': 3,
 }
+# Unknown model_kwargs keys already reported (one warning per key and process).
+_WARNED_UNKNOWN_KWARGS: Set[str] = set()
 # Fixed structural names (listed in error messages).
 _STRUCTURAL = ('depths', 'num_heads', 'window_size', 'dim', 'in_dim', 'sr_ratio',
                'neck_start_stage', 'full_features_head_dim')
@@ -192,16 +203,20 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
     Args:
         name: ``args.model``: one of :func:`list_eradio_models`.
         model_kwargs: ``args.model_kwargs``. Training-only and factory keywords (``drop_path_rate``,
-            ``weight_init``, ...) are ignored; hyperparameters fixed by the registered function
-            (``dim``, ``depths``, ``neck_start_stage``, ...) are accepted only with the fixed value.
+            ``weight_init``, ...) are ignored; unknown keywords are ignored too, like the
+            original's constructor does (spec §1.3), with one logged warning per key and
+            process; hyperparameters fixed by the registered function (``dim``, ``depths``,
+            ``neck_start_stage``, ...) are accepted only with the fixed value.
+            ``layer_scale`` follows the original's ``is not None`` test: any number, ``0``
+            included, adds ``gamma1``/``gamma2`` (initialized to it).
 
     Returns:
         The frozen spec.
 
     Raises:
-        ValueError: unknown name, unknown keyword, a conflicting fixed hyperparameter, or an
-            unsupported value (``conv_groups_ratio=-1``, a non-LayerNorm
-            ``norm_layer``, ``in_chans != 3``).
+        ValueError: unknown name, a conflicting fixed hyperparameter, or an unsupported value
+            (``conv_groups_ratio=-1``, a non-LayerNorm ``norm_layer``, ``in_chans != 3``, a
+            ``layer_scale`` that is not a number).
     """
     if not isinstance(name, str) or not is_eradio(name):
         raise ValueError(f'unknown E-RADIO architecture {name!r}; known: {list_eradio_models()}')
@@ -240,9 +255,12 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
                     f'{key}={want!r}; remove it from model_kwargs')
             continue
         if key not in settable:
-            known = sorted(set(settable) | set(_IGNORED_KWARGS) | set(fixed) | {'sr_ratio'})
-            raise ValueError(f'unknown model_kwargs key {key!r} for {canonical}; known keys: '
-                             f'{known}')
+            if key not in _WARNED_UNKNOWN_KWARGS:
+                _WARNED_UNKNOWN_KWARGS.add(key)
+                _logger.warning('E-RADIO %s: ignoring unknown model_kwargs key %r (value %r); the '
+                                "original's constructor ignores unknown keywords too",
+                                canonical, key, value)
+            continue
         values[key] = value
     for key in ('conv_base', 'cpb_mlp_hidden', 'conv_groups_ratio', 'downsample_shuffle'):
         values.setdefault(key, fixed.get(key))
@@ -261,6 +279,11 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
     for key in ('qkv_bias', 'multi_query', 'conv_base', 'downsample_shuffle', 'use_shift'):
         if key in values and not isinstance(values[key], (bool, int)):
             raise ValueError(f'model_kwargs {key} must be a bool, got {values[key]!r}')
+    layer_scale = values['layer_scale']
+    if layer_scale is not None and (isinstance(layer_scale, bool)
+                                    or not isinstance(layer_scale, numbers.Real)):
+        raise ValueError(f'model_kwargs layer_scale={layer_scale!r} must be a number (the initial '
+                         'value of gamma1/gamma2, 0 included) or None (no layer scale)')
     return ERadioSpec(
         name=canonical,
         depths=tuple(reg['depths']),
@@ -276,7 +299,7 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
         full_features_head_dim=int(reg['full_features_head_dim']),
         qkv_bias=bool(values['qkv_bias']),
         qk_scale=float(values['qk_scale']) if values['qk_scale'] else None,
-        layer_scale=float(values['layer_scale']) if values['layer_scale'] else None,
+        layer_scale=None if layer_scale is None else float(layer_scale),
         multi_query=bool(values['multi_query']),
         downsample_shuffle=bool(values['downsample_shuffle']),
         use_shift=bool(values['use_shift']),
@@ -287,6 +310,34 @@ def eradio_spec(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> 
 # Window rules
 
 
+def _as_int(value: Any, what: str) -> int:
+    """``value`` as a Python int: ints, numpy integers, 0-d integer tensors and integral floats.
+
+    Raises:
+        TypeError: a bool, a non-number, a tensor with more than one element, or a non-integral
+            number (``224.5``, ``nan``).
+    """
+    if isinstance(value, bool) or type(value).__name__ in ('bool_', 'bool'):
+        raise TypeError(f'{what} must be an integer, got the bool {value!r}')
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise TypeError(f'{what} must be an integer or a 0-d tensor, got a tensor of shape '
+                            f'{tuple(value.shape)}')
+        if value.dtype == torch.bool:
+            raise TypeError(f'{what} must be an integer, got a bool tensor')
+        value = value.item()
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if math.isfinite(f) and f.is_integer():
+            return int(f)
+        raise TypeError(f'{what} must be an integer, got {value!r}, which is not integral')
+    raise TypeError(f'{what} must be an integer, got {type(value).__name__} {value!r}')
+
+
 def optimal_window_size(image_hw: Union[int, Sequence[int]], max_window_size: int = 16) -> int:
     """The window the original's ``set_optimal_window_size`` picks.
 
@@ -294,41 +345,48 @@ def optimal_window_size(image_hw: Union[int, Sequence[int]], max_window_size: in
     and the result is the largest divisor of ``n`` that is ``<= max_window_size``.
 
     Args:
-        image_hw: ``(H, W)`` in pixels, or a single side.
+        image_hw: ``(H, W)`` in pixels (a list, tuple or ``torch.Size``), or a single side. Each
+            side, and ``max_window_size``, may be an int, a numpy integer, a 0-d integer tensor or
+            an integral float (``224.0``).
         max_window_size: upper bound for the window side (>= 1).
 
     Returns:
         The window side.
 
     Raises:
-        ValueError: a side below 32 pixels or ``max_window_size < 1``.
-        TypeError: ``image_hw`` is neither a number nor a sequence of numbers.
+        ValueError: an empty ``image_hw``, a side that is not positive or is below 32 pixels, or
+            ``max_window_size < 1``.
+        TypeError: a side or ``max_window_size`` that is not an integer (a bool, a string, a
+            non-integral float such as ``224.5``, a tensor with several elements).
     """
     if isinstance(image_hw, (list, tuple)):
         if not image_hw:
             raise ValueError('image_hw must not be empty; pass (H, W) or a single side')
-        d = min(image_hw)
-    elif isinstance(image_hw, (int, float)) and not isinstance(image_hw, bool):
-        d = image_hw
+        sides = [_as_int(v, 'image side') for v in image_hw]
     else:
-        raise TypeError('image_hw must be an int or an (H, W) tuple, got '
-                        f'{type(image_hw).__name__}')
-    if not isinstance(max_window_size, int) or max_window_size < 1:
-        raise ValueError(f'max_window_size must be an int >= 1, got {max_window_size!r}')
-    n = int(math.floor(d / _MIN_INPUT_STEP))
+        sides = [_as_int(image_hw, 'image_hw (an (H, W) tuple or a single side)')]
+    ws_max = _as_int(max_window_size, 'max_window_size')
+    if ws_max < 1:
+        raise ValueError(f'max_window_size must be >= 1, got {ws_max}')
+    d = min(sides)
+    if d < 1:
+        raise ValueError(f'image sides must be positive numbers of pixels, got {sides}')
+    n = d // _MIN_INPUT_STEP
     if n < 1:
         raise ValueError(f'image side {d} is below the E-RADIO minimum of {_MIN_INPUT_STEP} '
-                         'pixels; '
-                         f'use sides of at least {_MIN_INPUT_STEP}')
-    return max(k for k in range(1, min(n, max_window_size) + 1) if n % k == 0)
+                         f'pixels; use sides of at least {_MIN_INPUT_STEP}')
+    return max(k for k in range(1, min(n, ws_max) + 1) if n % k == 0)
 
 
 def _check_window(ws: Any) -> int:
-    if isinstance(ws, bool) or not isinstance(ws, int):
-        raise TypeError(f"window size must be an int >= 1 or 'optimal', got {ws!r}")
-    if ws < 1:
-        raise ValueError(f'window size must be >= 1, got {ws}')
-    return ws
+    try:
+        w = _as_int(ws, 'window size')
+    except TypeError:
+        raise TypeError(f"window size must be an int >= 1 or 'optimal' (numpy integers, 0-d "
+                        f"integer tensors and integral floats are accepted), got {ws!r}") from None
+    if w < 1:
+        raise ValueError(f'window size must be >= 1, got {w}')
+    return w
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,26 +403,72 @@ def _needs_autograd(tensors: Iterable[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _tracing() -> bool:
+    """A tracer or compiler is running (no module state may change, no cache is meaningful)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _uncached(tensors: Iterable[Optional[Tensor]]) -> bool:
     """Compute derived weights directly (no cache): autograd needs them, or a tracer / compiler
     is running (caches keyed on storage pointers mean nothing to fake tensors)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if _tracing():
         return True
     return _needs_autograd(tensors)
 
 
+class _WindowCell:
+    """The backbone's default window side, shared (not copied) by the submodules that report it.
+
+    One mutable value object: :attr:`ERadioBackbone.window_size` writes it and the read-only
+    ``window_size`` properties of the transformer levels, attention blocks and position-bias
+    modules read it, so they cannot drift apart.
+    """
+
+    __slots__ = ('value',)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f'_WindowCell({self.value})'
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> '_WindowCell':
+        # deepcopy shares one copy among the copied modules through ``memo``
+        return memo.setdefault(id(self), _WindowCell(self.value))
+
+
+#: Parameter dtypes whose eval-mode BatchNorm is folded into the preceding convolution. In half
+#: precision the folded weights would be rounded to the low dtype, which loses more than the
+#: original's order (convolution, then BatchNorm, each rounded once), so those stay unfolded.
+_FOLD_DTYPES = (torch.float32, torch.float64)
+
+
+def _folds(dtype: torch.dtype) -> bool:
+    """Whether eval-mode BatchNorm is folded for parameters of ``dtype``."""
+    return dtype in _FOLD_DTYPES
+
+
 def _fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
-    """Fold eval-mode ``bn`` into a conv ``(weight, bias)``: float32 math, module dtype out."""
-    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
-    w = weight.float() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    b0 = bias.float() if bias is not None else torch.zeros_like(scale)
-    b = (b0 - bn.running_mean.float()) * scale + bn.bias.float()
+    """Fold eval-mode ``bn`` into a conv ``(weight, bias)``: math in at least float32, module dtype
+    out (only used for the dtypes of :data:`_FOLD_DTYPES`)."""
+    ct = torch.promote_types(weight.dtype, torch.float32)
+    scale = bn.weight.to(ct) / torch.sqrt(bn.running_var.to(ct) + bn.eps)
+    w = weight.to(ct) * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    b0 = bias.to(ct) if bias is not None else torch.zeros_like(scale)
+    b = (b0 - bn.running_mean.to(ct)) * scale + bn.bias.to(ct)
     w = w.to(weight.dtype).contiguous(memory_format=torch.channels_last)
     return w, b.to(weight.dtype)
 
 
 class _FoldedConvMixin:
-    """Shared eval-mode cache of a convolution's BatchNorm-folded weight and bias."""
+    """Shared eval-mode cache of a convolution's BatchNorm-folded weight and bias.
+
+    The cache key is each source tensor's ``id``, storage pointer, version counter, dtype and
+    device: replacing a parameter, ``load_state_dict``, ``.to()`` and in-place edits made with
+    autograd tracking (``p.mul_()`` under ``torch.no_grad()``) all invalidate it. In-place edits
+    through ``p.data`` (or any alias that does not share the version counter) are invisible to it,
+    exactly like to torch's own version-counter checks: call :meth:`clear_cache` after those.
+    """
 
     _fold_cache: Optional[Tuple[Tuple[Any, ...], Tensor, Tensor]]
 
@@ -388,7 +492,10 @@ class _FoldedConvMixin:
         return w, b
 
     def clear_cache(self) -> None:
-        """Drop the folded weights (recomputed at the next eval forward)."""
+        """Drop the folded weights (recomputed at the next eval forward).
+
+        Needed after in-place edits through ``.data``, which the cache key cannot detect.
+        """
         self._fold_cache = None
 
 
@@ -399,8 +506,10 @@ class _FoldedConvMixin:
 class Conv2dBN(_FoldedConvMixin, nn.Module):
     """``Conv2d`` (no bias) -> ``BatchNorm2d`` -> optional activation.
 
-    In eval mode the BatchNorm is folded into the convolution (cached); in training mode it is a
-    plain BatchNorm that normalizes with batch statistics and updates its running statistics.
+    In eval mode with float32/float64 weights the BatchNorm is folded into the convolution
+    (cached); with half-precision weights the convolution is followed by BatchNorm with the
+    running statistics, as in the original. In training mode it is a plain BatchNorm that
+    normalizes with batch statistics and updates its running statistics.
     Keys: ``conv.weight``, ``bn.{weight,bias,running_mean,running_var,num_batches_tracked}``.
     """
 
@@ -424,8 +533,8 @@ class Conv2dBN(_FoldedConvMixin, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in, H, W) -> (B, out, H', W')``."""
-        if self.training:
-            y = self.bn(self.conv(x))
+        if self.training or not _folds(self.conv.weight.dtype):
+            y = self.bn(self.conv(x))  # eval mode: F.batch_norm with the running statistics
         else:
             w, b = self._folded()
             c = self.conv
@@ -571,11 +680,28 @@ class PosEmbMLPSwinv2D(nn.Module):
 
     The index table and the coordinate tables of other windows are pure functions of ``(w, p)``
     (memoized, not buffers). In eval mode the bias of each window size is cached per
-    (dtype, device) and re-validated against the MLP weights and the table; in training mode it is
-    recomputed on every call.
+    (dtype, device) and re-validated against the MLP weights and the table (identity, storage
+    pointer and version counter: in-place edits through ``.data`` are not seen, call
+    :meth:`clear_cache`); in training mode it is recomputed on every call.
+
+    Coordinate table at the construction window ``p`` (spec §7.2): until this module has run at
+    another window, the *loaded* ``relative_coords_table`` is used (a half-precision checkpoint
+    stores it rounded). The first forward at a window ``w != p`` replaces the buffer by the exact
+    float32 table (cast to the buffer's dtype), as the original rebuilds its table then, so a
+    later return to ``p`` uses the rebuilt table. Loading a state dict restores the loaded
+    table; a state dict without the table fills it with the exact construction table (the
+    original builds it at construction and loads non-strictly). Under a tracer or compiler the
+    buffer is never replaced.
+
     Keys: ``cpb_mlp.0.weight (hid, 2)``, ``cpb_mlp.0.bias (hid)``, ``cpb_mlp.2.weight (heads, hid)``
-    and the persistent buffer ``relative_coords_table (1, 2p-1, 2p-1, 2)``.
+    and the persistent buffer ``relative_coords_table (1, 2p-1, 2p-1, 2)`` (optional on load).
+
+    Attributes:
+        window_size: read-only ``[w, w]``, the default window of the owning backbone (the
+            original's attribute; ``[p, p]`` for a module used on its own).
     """
+
+    _window_cell: Optional[_WindowCell] = None
 
     def __init__(self, pretrained_window: int, num_heads: int, hidden: int, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -592,13 +718,49 @@ class PosEmbMLPSwinv2D(nn.Module):
         self.register_buffer('relative_coords_table', table)
         if table.device.type != 'meta':
             self.reset_coords_table()
+        self._table_rebuilt = False  # set by the first forward at a window other than p
         self._bias_cache: Dict[int, Tuple[Tuple[Any, ...], Tensor]] = {}
+
+    @property
+    def window_size(self) -> List[int]:
+        """``[w, w]``: the owning backbone's default window (read-only; see the class doc)."""
+        w = self._window_cell.value if self._window_cell is not None else self.pretrained_window
+        return [w, w]
 
     def reset_coords_table(self) -> None:
         """Fill ``relative_coords_table`` with the exact table of the construction window."""
         p = self.pretrained_window
         with torch.no_grad():
             self.relative_coords_table.copy_(_log_coords_table(p, p).unsqueeze(0))
+
+    def _exact_table(self, like: Tensor) -> Tensor:
+        """A new ``(1, 2p-1, 2p-1, 2)`` exact table with the dtype and device of ``like``."""
+        p = self.pretrained_window
+        with torch.inference_mode(False), torch.no_grad():
+            return _log_coords_table(p, p).unsqueeze(0).to(device=like.device, dtype=like.dtype,
+                                                           copy=True)
+
+    def _rebuild_coords_table(self) -> None:
+        # A new tensor, never an in-place write: the loaded buffer may be a memory-mapped file.
+        self.relative_coords_table = self._exact_table(self.relative_coords_table)
+        self._table_rebuilt = True
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str,
+                              local_metadata: Dict[str, Any], strict: bool,
+                              missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        key = prefix + 'relative_coords_table'
+        filled = key not in state_dict and any(k.startswith(prefix) for k in state_dict)
+        if filled:  # optional key: like BatchNorm's num_batches_tracked, supply the default
+            like = state_dict.get(prefix + 'cpb_mlp.0.weight')
+            if not isinstance(like, Tensor):
+                like = self.relative_coords_table
+            state_dict[key] = self._exact_table(like)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if filled or key in state_dict:
+            self._table_rebuilt = filled
+            self._bias_cache = {}
 
     def _table(self, window: int) -> Tensor:
         w0 = self.cpb_mlp[0].weight
@@ -617,7 +779,13 @@ class PosEmbMLPSwinv2D(nn.Module):
         return bias.permute(2, 0, 1).unsqueeze(0).contiguous()
 
     def forward(self, window: int) -> Tensor:
-        """The bias ``(1, heads, w², w²)`` (cached in eval mode)."""
+        """The bias ``(1, heads, w², w²)`` (cached in eval mode).
+
+        The first call at a window other than the construction window rebuilds the coordinate
+        table of the construction window (see the class doc).
+        """
+        if window != self.pretrained_window and not self._table_rebuilt and not _tracing():
+            self._rebuild_coords_table()
         params = tuple(self.cpb_mlp.parameters()) + (self.relative_coords_table,)
         if self.training or _uncached(params):
             return self.compute_bias(window)
@@ -633,7 +801,7 @@ class PosEmbMLPSwinv2D(nn.Module):
         return bias
 
     def clear_cache(self) -> None:
-        """Drop the cached biases."""
+        """Drop the cached biases (needed after in-place edits through ``.data``)."""
         self._bias_cache = {}
 
 
@@ -707,7 +875,15 @@ def _window_reverse(t: Tensor, w: int, b: int, hp: int, wp: int, h: int, wd: int
 
 
 class AttentionBlock(nn.Module):
-    """One windowed-attention block with subsample ratio ``r`` (the original's ``GRAAttentionBlock``)."""
+    """One windowed-attention block with subsample ratio ``r`` (the original's
+    ``GRAAttentionBlock``).
+
+    Attributes:
+        window_size: read-only, the owning backbone's default window (the construction window
+            for a block used on its own); the window of a call is the ``window`` argument.
+    """
+
+    _window_cell: Optional[_WindowCell] = None
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, spec: ERadioSpec,
                  shift: bool = False, device: Any = None,
@@ -717,6 +893,7 @@ class AttentionBlock(nn.Module):
         self.sr_ratio = sr_ratio
         self.shift = shift
         self.conv_base = spec.conv_base
+        self._construction_window = spec.window_size
         if sr_ratio == 1:
             groups = max(1, int(spec.conv_groups_ratio * dim))
             self.pre_conv = Conv2dBN(dim, dim, 3, 1, 1, groups=groups, **fk)
@@ -736,6 +913,12 @@ class AttentionBlock(nn.Module):
         else:
             self.gamma1 = None
             self.gamma2 = None
+
+    @property
+    def window_size(self) -> int:
+        """The owning backbone's default window side (read-only)."""
+        cell = self._window_cell
+        return cell.value if cell is not None else self._construction_window
 
     def forward(self, x: Tensor, window: int) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``; ``H, W`` multiples of ``r * window``."""
@@ -769,7 +952,8 @@ class AttentionBlock(nn.Module):
                 # BatchNorm statistics must see the upsampled map (unbiased variance count).
                 x = self.upsample_op(F.interpolate(x, scale_factor=r, mode='nearest'))
             else:
-                # A 1x1 conv with folded BatchNorm commutes with pixel replication: cheaper first.
+                # A 1x1 conv with eval-mode BatchNorm (folded or not) acts per pixel, so it
+                # commutes with pixel replication: cheaper first.
                 x = F.interpolate(self.upsample_op(x), scale_factor=r, mode='nearest')
         if x.shape[-2:] != s.shape[-2:]:
             dh, dw = s.shape[-2] - x.shape[-2], s.shape[-1] - x.shape[-1]
@@ -818,13 +1002,21 @@ class ConvLevel(nn.Module):
 
 
 class TransformerLevel(nn.Module):
-    """Levels 2 and 3: windowed attention blocks (the original's ``ERADIOLayer``)."""
+    """Levels 2 and 3: windowed attention blocks (the original's ``ERADIOLayer``).
+
+    Attributes:
+        window_size: read-only, the owning backbone's default window (the construction window
+            for a level used on its own); the window of a call is the ``window`` argument.
+    """
+
+    _window_cell: Optional[_WindowCell] = None
 
     def __init__(self, dim: int, depth: int, num_heads: int, sr_ratios: Sequence[int],
                  downsample: bool, spec: ERadioSpec, device: Any = None,
                  dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.sr_ratios = tuple(sr_ratios)
+        self._construction_window = spec.window_size
         self.blocks = nn.ModuleList(
             MultiResolutionAttention(dim, num_heads, sr_ratios, spec,
                                      shift=spec.use_shift and j % 2 == 1, device=device,
@@ -832,6 +1024,12 @@ class TransformerLevel(nn.Module):
             for j in range(depth))
         self.downsample = (Downsample(dim, spec.downsample_shuffle, device=device, dtype=dtype)
                            if downsample else None)
+
+    @property
+    def window_size(self) -> int:
+        """The owning backbone's default window side (read-only)."""
+        cell = self._window_cell
+        return cell.value if cell is not None else self._construction_window
 
     def forward(self, x: Tensor, window: int,
                 last: bool = False) -> Tuple[Optional[Tensor], Tensor]:
@@ -875,7 +1073,7 @@ class NeckProjection(_FoldedConvMixin, nn.Module):
         """``(B, C_i, h, w) -> (B, F, u*h, u*w)``."""
         if self.upsample_factor > 1:
             x = F.interpolate(x, scale_factor=self.upsample_factor, mode='nearest')
-        if self.training:
+        if self.training or not _folds(self.conv1.weight.dtype):
             x = self.norm(self.conv1(x))
         else:
             w, b = self._folded()
@@ -956,6 +1154,17 @@ class ERadioBackbone(nn.Module):
         num_pyramid_levels: 5 (four levels and the neck).
         pyramid_strides: ``(4, 8, 16, 32, stride)``.
         pyramid_channels: ``(C0, C1, C2, C3, F)``.
+
+    Numerics: in eval mode, float32/float64 models fold BatchNorm into the convolutions;
+    bfloat16/float16 models run convolution then BatchNorm (more precise in the low dtype, and the
+    original's order). Position biases are computed from their MLPs and cached per window.
+
+    Cache caveat: the folded weights and cached biases are re-validated on every call against
+    the identity, storage pointer and version counter of their source tensors. In-place edits
+    through ``.data`` do not bump the version counter, so after ``p.data.mul_(...)`` or
+    ``p.data.copy_(...)`` on a BatchNorm, convolution or position-bias MLP tensor, call
+    :meth:`clear_caches` (or edit under ``torch.no_grad()`` without ``.data``); otherwise eval
+    outputs silently keep the old values.
     """
 
     min_input_step: int = _MIN_INPUT_STEP
@@ -982,12 +1191,29 @@ class ERadioBackbone(nn.Module):
                                        spec.full_features_head_dim, **fk)
         self.stride = spec.neck_stride
         self.embed_dim = spec.full_features_head_dim
-        self.window_size = spec.window_size
+        self._window_cell = _WindowCell(spec.window_size)
+        for m in self.modules():  # the original's per-module window_size, as read-only views
+            if isinstance(m, (TransformerLevel, AttentionBlock, PosEmbMLPSwinv2D)):
+                m._window_cell = self._window_cell
         self.window_policy = window_policy  # validated by the property setter
         self.pyramid_strides: Tuple[int, ...] = (4, 8, 16, 32, self.stride)
         self.pyramid_channels: Tuple[int, ...] = tuple(widths) + (self.embed_dim,)
 
     # -- window size ------------------------------------------------------------------------
+
+    @property
+    def window_size(self) -> int:
+        """Default window side of forward calls (see :meth:`change_window_size`).
+
+        The transformer levels, attention blocks and position-bias modules report the same value
+        through their read-only ``window_size`` (``[w, w]`` for the position-bias modules), as the
+        original's ``change_window_size`` sets it on them.
+        """
+        return self._window_cell.value
+
+    @window_size.setter
+    def window_size(self, value: int) -> None:
+        self._window_cell.value = _check_window(value)
 
     @property
     def window_policy(self) -> str:
@@ -1004,10 +1230,18 @@ class ERadioBackbone(nn.Module):
         """Set the default window side of the attention levels.
 
         The position-bias normalization keeps using the construction window; the bias for the new
-        window is computed from the MLP at the next forward (never a stale stored buffer).
+        window is computed from the MLP at the next forward (never a stale stored buffer). The
+        first forward at a window other than the construction window ``p`` also makes every
+        position-bias module rebuild its ``p`` coordinate table (spec §7.2), so coming back to
+        ``p`` later uses the exact float32 table, not the loaded one. The ``window_size`` views
+        of the levels, attention blocks and position-bias modules follow.
 
         Args:
-            new_window_size: window side >= 1.
+            new_window_size: window side >= 1 (an int, numpy integer, 0-d integer tensor or
+                integral float).
+
+        Raises:
+            TypeError: not an integer. ValueError: below 1.
         """
         ws = _check_window(new_window_size)
         _logger.info('Setting E-RADIO window size to %d', ws)
@@ -1018,11 +1252,13 @@ class ERadioBackbone(nn.Module):
         """``change_window_size(optimal_window_size(image_dim, max_window_size))``.
 
         Args:
-            image_dim: ``(H, W)`` (the shorter side decides) or one side, in pixels.
+            image_dim: ``(H, W)`` (the shorter side decides) or one side, in pixels; ints,
+                numpy integers, 0-d integer tensors or integral floats.
             max_window_size: upper bound of the window side.
 
         Raises:
-            ValueError: a side below 32 pixels.
+            ValueError: a side that is not positive or is below 32 pixels, ``max_window_size < 1``.
+            TypeError: a side or bound that is not an integer (``224.5``, a bool, a string).
         """
         self.change_window_size(optimal_window_size(image_dim, max_window_size))
 
@@ -1031,7 +1267,7 @@ class ERadioBackbone(nn.Module):
             if self.window_policy == 'auto':
                 return optimal_window_size(hw)
             return self.window_size
-        if window_size == 'optimal':
+        if isinstance(window_size, str) and window_size == 'optimal':
             return optimal_window_size(hw)
         return _check_window(window_size)
 
@@ -1042,7 +1278,16 @@ class ERadioBackbone(nn.Module):
         _logger.debug('switch_to_deploy() is a no-op: folding happens automatically in eval mode')
 
     def clear_caches(self) -> None:
-        """Drop every folded weight and cached position bias."""
+        """Drop every folded weight and cached position bias.
+
+        The caches are validated on every call against each source tensor's identity, storage
+        pointer and version counter, which covers ``load_state_dict``, ``.to()``, replacing a
+        parameter and in-place edits such as ``p.mul_(2)`` under ``torch.no_grad()``. Edits
+        through ``p.data`` (``p.data.mul_(2)``, ``p.data.copy_(...)``) do **not** bump the version
+        counter and so are invisible to the caches (the same limitation as torch's own
+        version-counter checks): call this method after such edits, or the eval outputs keep
+        using the old folded weights and position biases.
+        """
         for m in self.modules():
             if isinstance(m, (_FoldedConvMixin, PosEmbMLPSwinv2D)):
                 m.clear_cache()

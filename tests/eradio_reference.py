@@ -8,7 +8,9 @@ Plain torch functions over a flat state dict (keys without ``base_model.``); it 
   from which keys exist, ``n0`` from the neck projection count); only ``qk_scale`` and the window
   are arguments;
 * BatchNorm is explicit arithmetic (eval: running statistics; training: batch statistics, and the
-  running statistics are updated in a returned dict);
+  running statistics are updated in a returned dict); for half-precision inputs (bfloat16,
+  float16) eval-mode BatchNorm is ``F.batch_norm`` after the rounded convolution output, which
+  emulates the original's low-precision order (convolution, then BatchNorm, each rounded once);
 * the relative position bias is evaluated from its MLP on every call, like the original outside
   deploy mode (the stored ``relative_coords_table`` is used at the construction window, as the
   original does; other windows get a freshly computed table);
@@ -80,6 +82,8 @@ def batch_norm(ctx: _Ctx, x: Tensor, prefix: str) -> Tensor:
         ctx.updates[prefix + '.num_batches_tracked'] = ctx[prefix + '.num_batches_tracked'] + 1
     else:
         mean, var = ctx[prefix + '.running_mean'], ctx[prefix + '.running_var']
+        if x.dtype in (torch.bfloat16, torch.float16):  # the original's op, one rounding
+            return F.batch_norm(x, mean, var, w, b, False, 0.0, BN_EPS)
     inv = 1.0 / torch.sqrt(var + BN_EPS)
     return (x - mean[None, :, None, None]) * (inv * w)[None, :, None, None] + b[None, :, None, None]
 

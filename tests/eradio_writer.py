@@ -166,7 +166,7 @@ def _backbone_params(rng: _Rng, model: str, kw: Dict[str, Any], stale_bias: str,
                     b.layer_norm(f'{ab}.norm2', c)
                     b.linear(f'{ab}.mlp.fc1', 4 * c, c)
                     b.linear(f'{ab}.mlp.fc2', c, 4 * c)
-                    if layer_scale:
+                    if layer_scale is not None:  # the original tests `is not None`: 0 counts
                         b.p[f'{ab}.gamma1'] = rng.normal(c, std=0.1, mean=float(layer_scale))
                         b.p[f'{ab}.gamma2'] = rng.normal(c, std=0.1, mean=float(layer_scale))
         if i < 3:
@@ -202,6 +202,7 @@ def make_eradio_checkpoint(
     head_out: int = 16,
     drop_path: Optional[float] = None,
     extra_args: Optional[Dict[str, Any]] = None,
+    coords_tables: bool = True,
 ) -> WrittenERadioCheckpoint:
     """Write (optionally) a random-weight E-RADIO checkpoint in the official format.
 
@@ -223,6 +224,9 @@ def make_eradio_checkpoint(
         head_hidden, head_out: adaptor head sizes.
         drop_path: ``args.drop_path``.
         extra_args: further ``args`` fields.
+        coords_tables: ``False`` leaves every ``relative_coords_table`` out of the file (as in a
+            checkpoint saved without those buffers); ``backbone`` then holds the exact float32
+            construction table, which the original rebuilds at construction.
 
     Returns:
         A :class:`WrittenERadioCheckpoint`.
@@ -245,7 +249,11 @@ def make_eradio_checkpoint(
         sd[key] = stored
         real[key] = stored.float() if value.is_floating_point() else stored
 
+    omitted: Dict[str, torch.Tensor] = {}
     for k, v in _backbone_params(rng, model, kw, stale_bias, timm_extras).items():
+        if not coords_tables and k.endswith('.relative_coords_table'):
+            omitted[k] = v.float()
+            continue
         put('base_model.' + k, v)
     mean = torch.tensor([0.485, 0.456, 0.406]) + rng.normal(3, std=0.02)
     std = torch.tensor([0.229, 0.224, 0.225]) + rng.normal(3, std=0.01).abs()
@@ -281,6 +289,7 @@ def make_eradio_checkpoint(
     if path is not None:
         torch.save(ckpt, os.fspath(path))
     backbone = {k[len('base_model.'):]: v for k, v in real.items() if k.startswith('base_model.')}
+    backbone.update(omitted)
     return WrittenERadioCheckpoint(
         path=os.fspath(path) if path is not None else None, args=copy.deepcopy(args),
         backbone=backbone,

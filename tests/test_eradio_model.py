@@ -165,8 +165,30 @@ def test_one_window_policy_and_vit_only_helpers(written):
     assert [m.shape[1] for m in maps] == [model.model.pyramid_channels[0], model.embed_dim]
 
 
-def test_a_position_table_size_in_eradio_args_is_ignored(tmp_path):
-    """E-RADIO has no position table: a cpe_max_size in its args must not invent a max_resolution."""
+def test_a_position_table_size_in_eradio_args_is_refused(tmp_path):
+    """eradio.md §1.3: cpe_max_size must be None for E-RADIO (the original's CPE installation raises)."""
     w = make_eradio_checkpoint(tmp_path / "c.pth.tar", "eradio_xxxtiny", dict(KW), extra_args={"cpe_max_size": 2048})
+    with pytest.raises(ValueError, match="cpe_max_size=2048 but an E-RADIO backbone"):
+        radio_model(w.path)
+
+
+def test_eradio_has_one_summary_token_whatever_the_teachers(tmp_path):
+    """eradio.md §6.1: num_cls_tokens is 1 (T = 1), widened only by a loaded adaptor's token slot."""
+    w = make_eradio_checkpoint(tmp_path / "t.pth.tar", "eradio_xxxtiny", dict(KW),
+                               extra_args={"cls_token_per_teacher": True})
     model = radio_model(w.path)
-    assert model.config.cpe_max_size is None and model.max_resolution is None
+    assert (model.num_cls_tokens, model.num_summary_tokens) == (1, 1)
+
+
+def test_unknown_model_kwargs_and_zero_layer_scale_load(tmp_path, images):
+    """Spec §1.3: unknown constructor keywords are ignored; layer_scale=0 is a (zero) layer scale."""
+    kw = dict(KW, ct_size=2, layer_scale=0)
+    w = make_eradio_checkpoint(tmp_path / "u.pth.tar", "eradio_xxxtiny", kw, feature_normalizer=True, seed=4)
+    assert "levels.3.blocks.0.attention_blocks.0.gamma1" in w.backbone
+    model = radio_model(w.path)
+    x = images(1, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+    exp = _expected(w, x)
+    assert_close_rel(out.summary, exp["backbone"][0])
+    assert_close_rel(out.features, exp["backbone"][1])
