@@ -76,8 +76,10 @@ def test_eradio_names_resolve_to_their_own_spec():
 
     name = list_eradio_models()[0]
     assert isinstance(resolve_architecture(name, {}, {}), ERadioSpec)
+    # eradio.md §1.3: unknown keywords are ignored, a conflicting fixed hyperparameter is not
+    assert resolve_architecture(name, {"no_such_option": 1}, {}) == resolve_architecture(name, {}, {})
     with pytest.raises(UnsupportedArchitectureError, match=f"Cannot build E-RADIO backbone '{name}'"):
-        resolve_architecture(name, {"no_such_option": 1}, {})
+        resolve_architecture(name, {"dim": 12345}, {})
 
 
 @pytest.mark.parametrize("name,kwargs,pattern", [

@@ -125,9 +125,12 @@ def test_patch_normalizer_covers_prefix_tokens():
     torch.testing.assert_close(out, F.layer_norm(raw, (D,), ln.weight, ln.bias, 1e-5))
 
 
-def test_video_batch_must_be_a_multiple_of_frames():
+def test_video_batch_must_be_a_multiple_of_frames_in_training():
     pg = _generator()
     pg.num_video_frames = 3
+    eval_pos = pg.position_embedding(4, 2, 2)  # model.md §3.8: no effect in eval mode
+    torch.testing.assert_close(eval_pos, _generator().position_embedding(4, 2, 2))
+    pg.train()
     with pytest.raises(ValueError, match=r"cpe_video_mode\(3\).*batch \(4\) must be a multiple of 3"):
         pg.position_embedding(4, 2, 2)
 
