@@ -230,6 +230,9 @@ def radio_model(
     names = _adaptor_names(adaptor_names)
     source = resolve_source(version, checkpoint_path)
     check_vitdet_window_size(vitdet_window_size, release_info(source.release))  # before any download
+    if revision is not None and source.repo_id is None:
+        warnings.warn(f"revision={revision!r} applies to Hugging Face repository ids ('org/name'); {version!r} is "
+                      "a release name or a local path, so it is ignored.", stacklevel=2)
 
     if source.path is not None:
         path = source.path

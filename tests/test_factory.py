@@ -114,3 +114,9 @@ def test_a_repository_saved_with_adaptors_enables_them(tmp_path, images):
                                    radio_model(str(tmp_path / "m.pth.tar"), adaptor_names="dino_v2")(x)["dino_v2"].features)
     assert list(radio_model(str(repo), adaptor_names=[]).adaptors) == []
     assert list(radio_model(str(repo), adaptor_names="clip").adaptors) == ["clip"]
+
+
+def test_a_revision_without_a_repository_id_is_not_silently_ignored(tmp_path):
+    make_checkpoint(tmp_path / "m.pth.tar")
+    with pytest.warns(UserWarning, match="revision='v1' applies to Hugging Face repository ids"):
+        radio_model(str(tmp_path / "m.pth.tar"), revision="v1")
