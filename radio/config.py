@@ -227,8 +227,8 @@ def check_vitdet_window_size(window_size: Optional[int], release: ReleaseInfo) -
     if window_size is None:
         return
     if isinstance(window_size, bool) or not isinstance(window_size, int):
-        raise TypeError(f"vitdet_window_size must be a positive int (window side in patches) or None, "
-                        f"got {window_size!r} ({type(window_size).__name__})")
+        raise TypeError(f"vitdet_window_size must be a positive int (window side in patches), 0 (no ViTDet) or "
+                        f"None, got {window_size!r} ({type(window_size).__name__})")
     if window_size == 0:  # radio_model's explicit "no ViTDet"
         return
     if window_size < 1:
