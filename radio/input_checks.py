@@ -100,6 +100,7 @@ def check_image_values(x: torch.Tensor, *, standardizes: bool, max_resolution: O
     """
     if is_tracing():
         return
+    x = x.detach()  # the checks read values only (and must not warn about scalars that require grad)
     h, w = max(sizes, key=max) if sizes else tuple(x.shape[-2:])
     if max_resolution is not None and max(h, w) > max_resolution and "max_resolution" not in warned:
         warned.add("max_resolution")

@@ -30,6 +30,17 @@ AGGREGATIONS = ("sparse", "dense")
 ALPHA_SCHEMES = ("post-alpha", "pre-alpha", "none")
 
 
+def _looks_packed(images: object, ps: int) -> bool:
+    """Whether ``images`` is a ``(patches, grid_hw)`` pair rather than a list of two images:
+    its first item is a patch matrix ``(N, 3*ps*ps)``, possibly with a batch axis of 1."""
+    if not isinstance(images, (list, tuple)) or len(images) != 2 or not torch.is_tensor(images[0]):
+        return False
+    first = images[0]
+    if first.ndim == 2:
+        return True
+    return first.ndim == 3 and first.shape[0] == 1 and first.shape[-1] == 3 * ps * ps
+
+
 class RADIOModel(nn.Module):
     """A RADIO vision foundation model.
 
@@ -509,9 +520,15 @@ class RADIOModel(nn.Module):
             raise ValueError("forward_packed runs in eval mode only (training draws random position viewports per "
                              "batch); call model.eval(), or train on equal-size batches with model(x).")
         ps = self.patch_size
-        is_packed = isinstance(images, PackedImages) or (
-            isinstance(images, tuple) and len(images) == 2 and all(torch.is_tensor(t) for t in images)
-            and images[0].ndim == 2)
+        is_packed = isinstance(images, PackedImages) or _looks_packed(images, ps)
+        if is_packed and not isinstance(images, PackedImages):
+            patches, grid = images
+            if patches.ndim == 3:
+                raise ValueError(f"packed patches have a batch axis: shape {tuple(patches.shape)}; pass "
+                                 f"patches[0] of shape ({patches.shape[1]}, {patches.shape[2]}) (sum of h*w patches).")
+            if isinstance(grid, (list, tuple)):  # e.g. [[h0, w0], [h1, w1]]
+                grid = torch.tensor(grid, dtype=torch.int64)
+            images = (patches, grid)
         if not is_packed and isinstance(images, (list, tuple)):
             for i, img in enumerate(images):  # shapes only (no pass over the pixels): the forward's own messages
                 if torch.is_tensor(img) and img.ndim == 3:
@@ -542,7 +559,8 @@ class RADIOModel(nn.Module):
             images: a list of RGB images ``(3, H_i, W_i)`` in ``[0, 1]`` (sides multiples of
                 :attr:`min_resolution_step`, one dtype and device), or a packed batch
                 (:func:`radio.pack_images`: ``patches (sum N_i, 3*ps*ps)`` channel-major raw pixels,
-                ``grid_hw (n, 2)``, transformers' ``image_grid_hw`` layout).
+                ``grid_hw (n, 2)``, transformers' ``image_grid_hw`` layout; also a plain
+                ``(patches, grid_hw)`` pair, the grid as a tensor or nested lists).
             feature_fmt: ``'NLC'`` or ``'NCHW'`` as in :meth:`forward`.
 
         Returns:

@@ -226,11 +226,18 @@ def test_vitdet_dynamic(tmp_path):
     (dict(adaptor_names=["clip", "clip"]), "twice"),
     (dict(opset=16), "opset=16.*>= 17"),
     (dict(example_size=(40, 64)), "example_size=40x64.*min_resolution_step=16.*32x64"),
+    # one patch per side would be specialized by torch.export: refused before tracing
+    (dict(example_size=(16, 48)), "example_size=16x48 has a side of one step.*at least 32 px"),
 ])
 def test_bad_options(model, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         export_onnx(model, tmp_path / "x.onnx", **kwargs)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_opset_must_be_an_int(model, tmp_path):
+    with pytest.raises(TypeError, match="opset must be an int.*'18'"):
+        export_onnx(model, tmp_path / "x.onnx", opset="18")
 
 
 def test_adaptor_names_string_is_rejected(model, tmp_path):

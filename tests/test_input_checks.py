@@ -56,3 +56,12 @@ def test_values_warn_once_per_cause_and_nonfinite_names_images():
     with pytest.warns(UserWarning, match=r"Images \[2\]"):
         check_image_values(y, standardizes=True, max_resolution=None, warned=warned)
     assert warned == {"scale"} and not is_tracing()
+
+
+def test_values_of_an_input_that_requires_grad_raise_no_torch_warning():
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a tensor that requires grad becomes a Python float
+        check_image_values(x, standardizes=True, max_resolution=None, warned=set())
+    with pytest.warns(UserWarning, match="0-255"):
+        check_image_values(x * 255, standardizes=True, max_resolution=None, warned=set())

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ckpt_writer import make_checkpoint
-from radio_test_utils import assert_close_rel, assert_outputs_close
+from radio_test_utils import all_tensors, assert_close_rel, assert_outputs_close
 
 import radio
 from radio import PackedImages, pack_images, radio_model
@@ -191,6 +191,20 @@ def test_bad_inputs(model):
         model.forward_packed(_images([(32, 32)]), feature_fmt="NHWC")
     with pytest.raises(ValueError, match="positive multiples of the patch size"):
         pack_images(_images([(32, 40)]), PS)
+    with pytest.raises(ValueError, match=r"packed patches have a batch axis.*pass patches\[0\]"):
+        model.forward_packed((packed.patches[None], packed.grid_hw))
+
+
+def test_packed_pair_as_list_with_a_list_grid(model):
+    """(patches, grid) as a list, the grid as nested lists (as vLLM passes it): the same packed batch."""
+    images = _images([(32, 32), (64, 32)])
+    packed = pack_images(images, PS)
+    with torch.no_grad():
+        expected = model.forward_packed(packed)
+        got = model.forward_packed([packed.patches, packed.grid_hw.tolist()])
+    flat_got, flat_expected = all_tensors(got), all_tensors(expected)
+    assert len(flat_got) == len(flat_expected) > 0
+    assert all(torch.equal(a, b) for a, b in zip(flat_got, flat_expected))
 
 
 def test_training_mode_and_non_vit_refused(model):

@@ -163,7 +163,9 @@ def _check_options(model: "RADIOModel", adaptor_names: Sequence[str], opset: int
         if dtype == "bfloat16":
             hint = " (bfloat16 is not exported: onnxruntime's CPU provider and most builders take float16)"
         raise ValueError(f"dtype={dtype!r} cannot be exported{hint}; use one of {', '.join(ONNX_DTYPES)}.")
-    if not isinstance(opset, int) or opset < MIN_OPSET:
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise TypeError(f"opset must be an int (an ONNX opset version, at least {MIN_OPSET}), got {opset!r}")
+    if opset < MIN_OPSET:
         raise ValueError(f"opset={opset!r} is too old: the graph needs LayerNormalization (opset 17); "
                          f"use opset >= {MIN_OPSET} (default 18).")
     loaded = list(model.adaptors.keys())
@@ -188,6 +190,12 @@ def _check_options(model: "RADIOModel", adaptor_names: Sequence[str], opset: int
             nearest = model.get_nearest_supported_resolution(max(h, 1), max(w, 1))
             raise ValueError(f"example_size={h}x{w} is not a positive multiple of min_resolution_step={step}; "
                              f"use e.g. {nearest.height}x{nearest.width}.")
+        if dynamic and min(h, w) < 2 * step:
+            # torch.export specializes a dimension of size 1 (one patch or window): the file could not
+            # take other sizes
+            raise ValueError(f"example_size={h}x{w} has a side of one step ({step} px), which torch.export cannot "
+                             f"trace as a dynamic size; use sides of at least {2 * step} px (the traced size does "
+                             "not limit the sizes a dynamic file accepts), or export a fixed size.")
 
 
 def supports_dynamic_size(model: "RADIOModel") -> bool:

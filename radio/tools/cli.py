@@ -697,9 +697,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                          + ("every adaptor" if args.to == "safetensors" else "the backbone only"))
     if args.to != "onnx":
         for flag, value in (("--opset", args.opset), ("--fixed-size", args.fixed_size),
-                            ("--vitdet-window-size", args.vitdet_window_size)):
+                            ("--vitdet-window-size", args.vitdet_window_size), ("--dtype", args.dtype),
+                            ("--external-preprocessing", args.external_preprocessing or None)):
             if value is not None:
-                raise UsageError(f"{flag} applies to --to onnx; --to {args.to} stores the weights (drop {flag})")
+                raise UsageError(f"{flag} applies to --to onnx; --to {args.to} stores the weights as they are "
+                                 f"(drop {flag})")
+    if args.drop_unsupported and args.to != "transformers":
+        raise UsageError(f"--drop-unsupported applies to --to transformers; --to {args.to} keeps every adaptor and "
+                         "normalizer (drop --drop-unsupported)")
+    if args.dtype is None:
+        args.dtype = "float32"
     if args.to == "onnx":
         fixed = _parse_fixed_size(args.fixed_size) if args.fixed_size is not None else None
         opset = DEFAULT_OPSET if args.opset is None else args.opset
@@ -871,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--verify", action="store_true", help="check parity after writing; exit 1 if it fails")
     exp.add_argument("--adaptor", action="append", default=[], metavar="NAME",
                      help="onnx: also export this adaptor's outputs (repeatable, or comma-separated)")
-    exp.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="onnx: weight dtype")
+    exp.add_argument("--dtype", choices=("float32", "float16"), default=None, help="onnx: weight dtype (default float32)")
     exp.add_argument("--external-preprocessing", action="store_true",
                      help="onnx: leave the input standardization out of the graph (inputs already standardized)")
     exp.add_argument("--opset", type=int, default=None, metavar="N",

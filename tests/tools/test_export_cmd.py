@@ -174,12 +174,20 @@ def test_eradio_usage_errors(eradio, tmp_path, capsys, flags, match):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("flag", [["--opset", "18"], ["--fixed-size", "64x64"], ["--vitdet-window-size", "2"]])
+@pytest.mark.parametrize("flag", [["--opset", "18"], ["--fixed-size", "64x64"], ["--vitdet-window-size", "2"],
+                                  ["--dtype", "float16"], ["--dtype", "float32"], ["--external-preprocessing"]])
 def test_onnx_flags_need_to_onnx(vit, tmp_path, capsys, flag):
     code = main(["export", str(vit), "--to", "safetensors", str(tmp_path / "st"), *flag])
     assert code == EXIT_USAGE
     assert f"{flag[0]} applies to --to onnx" in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("to,out", [("safetensors", "st"), ("onnx", "x.onnx")])
+def test_drop_unsupported_needs_to_transformers(vit, tmp_path, capsys, to, out):
+    assert main(["export", str(vit), "--to", to, str(tmp_path / out), "--drop-unsupported"]) == EXIT_USAGE
+    assert "--drop-unsupported applies to --to transformers" in capsys.readouterr().err
+    assert not (tmp_path / out).exists()
 
 
 def test_parity_failure_exits_1(vit, tmp_path, capsys, monkeypatch):
