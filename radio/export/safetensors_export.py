@@ -22,7 +22,8 @@ from torch import nn
 
 from .parity import flatten_outputs, parity_key, relative_error
 
-__all__ = ["export_safetensors", "export_safetensors_from", "args_to_json", "verify_safetensors_export"]
+__all__ = ["export_safetensors", "export_safetensors_from", "args_to_json", "verify_safetensors_export",
+           "write_repository"]
 
 _logger = logging.getLogger(__name__)
 
@@ -384,20 +385,28 @@ def export_safetensors(model: nn.Module, args: argparse.Namespace, out_dir: Path
             with ``vitdet_window_size`` instead), has no backbone weights, its conditioner was made
             external and not passed, or ``version`` is not a release name.
     """
-    from safetensors.torch import save_file
-
     if getattr(model, "window_size", None):
         raise ValueError("The model was loaded with vitdet_window_size; export it without ViTDet (ViTDet is a "
                          "load-time option: pass vitdet_window_size when loading the exported directory).")
     sd = _layout_a_state(model, args, source_state_dict, input_conditioner)
     if not any(k.startswith("radio_model.model.") for k in sd):
         raise ValueError("The model has no backbone weights under 'model.'; is it a RADIOModel?")
-    config = _config(model, args, sd, version)
+    return write_repository(out_dir, sd, _config(model, args, sd, version))
+
+
+def write_repository(out_dir: PathLike, state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Path:
+    """Write a Hugging Face model directory: ``model.safetensors`` and ``config.json`` (both layouts).
+
+    Returns:
+        ``out_dir`` as a ``Path`` (created if needed).
+    """
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(dict(state), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    _logger.info("Wrote %s (%d tensors)", out, len(sd))
+    _logger.info("Wrote %s (%d tensors)", out, len(state))
     return out
 
 

@@ -9,7 +9,6 @@ outputs blocks the export, with an explicit opt-in to drop adaptors and normaliz
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -104,10 +103,9 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
         ValueError: the model uses features layout B cannot represent (the message lists all of
             them), or its conditioner was made external and not passed.
     """
-    from safetensors.torch import save_file
 
     from ..hf import mlp_ratio_for
-    from .safetensors_export import _conditioner_state
+    from .safetensors_export import _conditioner_state, write_repository
 
     blockers, droppable = transformers_export_blockers(model)
     if droppable and not drop_unsupported:
@@ -174,12 +172,7 @@ def export_transformers(model: nn.Module, out_dir: PathLike, *, drop_unsupported
         "initializer_range": 0.02,
         "dtype": str(dtype).rsplit(".", 1)[-1],
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    _logger.info("Wrote %s (%d tensors)", out, len(sd))
-    return out
+    return write_repository(out_dir, sd, config)
 
 
 #: Relative-error limits of a parity check per backbone dtype (bf16/fp16 round every activation).
