@@ -330,3 +330,23 @@ def test_bfloat16_checkpoint_dtype_flow(tmp_path, images):
     # adaptor features are rounded through the backbone dtype on the way out, summaries are not
     assert torch.equal(out["clip"].features, out["clip"].features.bfloat16().float())
     assert_outputs_close(out, ref, tol=1e-2)
+
+
+@pytest.mark.parametrize("cpe_max_size", [64, 224], ids=["resize_then_crop", "crop_only"])
+def test_torch_jit_trace_follows_the_input_size(tmp_path, cpe_max_size):
+    """torch.jit.trace hands the patch grid over as 0-d tensors: the traced model must keep computing
+    the position embedding from the input size (both table modes), not freeze the traced one."""
+    path = tmp_path / "m.pth.tar"
+    make_checkpoint(path, cpe_max_size=cpe_max_size)
+    model = radio_model(str(path))
+    assert model.model.patch_generator.cpe_mode is (cpe_max_size != 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's own warnings about Python values
+        traced = torch.jit.trace(model, torch.rand(1, 3, 64, 96), strict=False)
+        for shape in [(1, 3, 64, 96), (2, 3, 128, 48), (1, 3, 16, 16), (1, 3, 320, 256)]:
+            x = torch.rand(*shape)
+            with torch.no_grad():
+                summary, features = traced(x)
+                expected = model(x)
+            assert_close_rel(summary, expected.summary, 1e-6)
+            assert_close_rel(features, expected.features, 1e-6)

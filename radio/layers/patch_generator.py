@@ -107,11 +107,15 @@ class PatchGenerator(nn.Module):
             return self.pos_embed
         table = self._table()
         if self.cpe_mode:
-            m = torch.sym_max(h, w)
+            # torch.jit.trace gives the sizes as 0-d tensors, torch.export as SymInts
+            m = torch.maximum(h, w) if torch.is_tensor(h) else torch.sym_max(h, w)
             table = F.interpolate(table.float(), size=(m, m), mode="bilinear", align_corners=False)
             table = table.to(self.pos_embed.dtype)[:, :, :h, :w]
         else:
-            table = table[:, :, : torch.sym_min(h, g), : torch.sym_min(w, g)]
+            if torch.is_tensor(h):  # torch.jit.trace
+                table = table[:, :, : torch.clamp(h, max=g), : torch.clamp(w, max=g)]
+            else:
+                table = table[:, :, : torch.sym_min(h, g), : torch.sym_min(w, g)]
             if not concrete or table.shape[-2:] != (h, w):
                 table = F.interpolate(table.float(), size=(h, w), mode="bilinear", align_corners=False)
                 table = table.to(self.pos_embed.dtype)
