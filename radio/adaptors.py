@@ -75,7 +75,9 @@ class Adaptor(nn.Module):
             except HeadMismatchError as e:
                 raise HeadMismatchError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
         text = build_text_encoder(teacher.raw, weights=text_weights)
-        return cls(teacher.name, teacher.token_slot, heads[0], heads[1], teacher.fd_upsample_factor, text=text)
+        # A v1 head has no upsampling: it runs "with upsample factor 1" (adaptors.md §3.1, §4)
+        factor = 1 if teacher.feature_head == "v1" else teacher.fd_upsample_factor
+        return cls(teacher.name, teacher.token_slot, heads[0], heads[1], factor, text=text)
 
     @property
     def has_text(self) -> bool:

@@ -84,10 +84,13 @@ def test_from_config_builds_heads_shaped_after_their_state_dicts():
     head, feat = MlpV2(8, 12, 5, 2), MlpV1(8, 10, 12)
     with torch.device("meta"):
         ad = Adaptor.from_config(_teacher(token_slot=3, fd_upsample_factor=2), head.state_dict(), feat.state_dict())
-    assert (ad.name, ad.head_idx, ad.upsample_factor, ad.has_text) == ("clip", 3, 2, False)
+        v2 = Adaptor.from_config(_teacher(feature_head="v2", fd_upsample_factor=2), head.state_dict(),
+                                 MlpV2(8, 12, 12, 1).state_dict())
+    # adaptors.md §3.1/§4: a v1 feature head runs with upsample factor 1; upsampling is a v2 (or attn) feature
+    assert (ad.name, ad.head_idx, ad.upsample_factor, ad.has_text) == ("clip", 3, 1, False)
+    assert v2.upsample_factor == 2 and "name='clip', head_idx=1, upsample_factor=2" in repr(v2)
     assert isinstance(ad.head_mlp, MlpV2) and len(ad.head_mlp.blocks) == 2 and isinstance(ad.feat_mlp, MlpV1)
     assert ad.head_mlp.final[2].out_features == 5 and ad.feat_mlp.fc2.out_features == 12
-    assert "name='clip', head_idx=3, upsample_factor=2" in repr(ad)
 
 
 def test_from_config_errors_name_the_adaptor_and_head():
