@@ -53,10 +53,13 @@ class Adaptor(nn.Module):
     @classmethod
     def from_config(cls, teacher: TeacherConfig, summary_state: Mapping[str, torch.Tensor],
                     feature_state: Mapping[str, torch.Tensor],
-                    text_weights: Union[str, os.PathLike, None] = None) -> "Adaptor":
+                    text_weights: Union[str, os.PathLike, None] = None, *,
+                    lenient_text: bool = False) -> "Adaptor":
         """An adaptor whose heads are shaped after their state dicts (values are not copied).
 
-        Build it under ``torch.device('meta')`` and assign the weights afterwards.
+        Build it under ``torch.device('meta')`` and assign the weights afterwards. With
+        ``lenient_text`` a text model this package cannot name leaves the adaptor without a text
+        tower (see :func:`radio.text_encoders.build_text_encoder`).
 
         Raises:
             HeadMismatchError: a head variant that is unknown or does not match its state dict (the
@@ -74,7 +77,7 @@ class Adaptor(nn.Module):
                 heads.append(build_head(sd, variant))
             except HeadMismatchError as e:
                 raise HeadMismatchError(f"{label} ({variant}) does not match the checkpoint: {e}") from None
-        text = build_text_encoder(teacher.raw, weights=text_weights)
+        text = build_text_encoder(teacher.raw, weights=text_weights, lenient=lenient_text)
         # A v1 head has no upsampling: it runs "with upsample factor 1" (adaptors.md §3.1, §4)
         factor = 1 if teacher.feature_head == "v1" else teacher.fd_upsample_factor
         return cls(teacher.name, teacher.token_slot, heads[0], heads[1], factor, text=text)

@@ -82,13 +82,15 @@ def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
 
 
 def build_model(cfg: RadioConfig, weights: ModelWeights,
-                text_weights: Optional[Mapping[str, Any]] = None) -> RADIOModel:
+                text_weights: Optional[Mapping[str, Any]] = None, lenient_text: bool = False) -> RADIOModel:
     """Build a :class:`RADIOModel` on the meta device and give it its weights (eval mode).
 
     Args:
         cfg: the model configuration (from :func:`radio.args.config_from_args`).
         weights: the weights stage's output; its ``heads`` decide which adaptors are attached.
         text_weights: per-adaptor local text-tower weights (see :func:`radio_model`).
+        lenient_text: adaptors whose text model cannot be named get no text tower (a warning)
+            instead of failing the load.
 
     Raises:
         CheckpointError: the weights do not fit the configuration.
@@ -98,7 +100,7 @@ def build_model(cfg: RadioConfig, weights: ModelWeights,
         with torch.device("meta"):
             model = RADIOModel.from_config(cfg, heads, feature_normalizer=weights.feature_normalizer is not None,
                                            intermediate_normalizer=weights.intermediate_normalizer_shape,
-                                           text_weights=text_weights)
+                                           text_weights=text_weights, lenient_text=lenient_text)
     except HeadMismatchError as e:  # the file's heads do not fit its args: a checkpoint problem
         raise (CheckpointKeyError if isinstance(e, KeyError) else CheckpointError)(str(e)) from None
     _assign(model, weights.state_dict())
@@ -264,7 +266,8 @@ def radio_model(
             warnings.warn(f"The repository's config.json sets vitdet_window_size={meta.vitdet_window_size}, which "
                           f"this model cannot use ({e}); loading it without ViTDet.", stacklevel=2)
     weights = model_weights(read.args, read.state_dict, read.is_ema, cfg, names)
-    model = build_model(cfg, weights, text_weights)
+    # A repository's original code builds no text towers: one this package cannot name must not fail its load
+    model = build_model(cfg, weights, text_weights, lenient_text=meta is not None)
     if return_checkpoint:
         return model, dict(read.raw, args=args_as_loaded(read.args, read.is_ema))
     return model

@@ -77,7 +77,8 @@ class RADIOModel(nn.Module):
                     heads: Mapping[str, Tuple[TeacherConfig, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]] = {},
                     *, feature_normalizer: bool = False,
                     intermediate_normalizer: Optional[Tuple[int, bool]] = None,
-                    text_weights: Optional[Mapping[str, Any]] = None) -> "RADIOModel":
+                    text_weights: Optional[Mapping[str, Any]] = None,
+                    lenient_text: bool = False) -> "RADIOModel":
         """Build the whole model, empty, from its configuration (under ``torch.device('meta')`` to load).
 
         Args:
@@ -88,6 +89,8 @@ class RADIOModel(nn.Module):
             intermediate_normalizer: ``(num_layers, per_layer_rotation)`` of the intermediate
                 normalizer, or ``None``.
             text_weights: local text-tower weights per adaptor name.
+            lenient_text: adaptors whose text model this package cannot name get no text tower
+                (a warning) instead of an error (Hugging Face repositories).
 
         Raises:
             ValueError: a head that does not match its state, or an invalid ViTDet setting.
@@ -100,7 +103,8 @@ class RADIOModel(nn.Module):
             backbone = RadioViT(cfg.arch, cfg.cpe_max_size, cfg.num_cls_tokens, cfg.num_registers,
                                 final_norm=cfg.final_norm, window_size=cfg.vitdet_window_size,
                                 global_blocks=cfg.vitdet_global_blocks(), dtype=cfg.dtype)
-        adaptors = {name: Adaptor.from_config(teacher, summary, feature, (text_weights or {}).get(name))
+        adaptors = {name: Adaptor.from_config(teacher, summary, feature, (text_weights or {}).get(name),
+                                              lenient_text=lenient_text)
                     for name, (teacher, summary, feature) in heads.items()}
         feat = FeatureNormalizer(cfg.embed_dim, dtype=cfg.dtype) if feature_normalizer else None
         inter = None

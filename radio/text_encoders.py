@@ -586,7 +586,7 @@ class SigLIP2TextEncoder(TextEncoder):
 
 
 def build_text_encoder(
-    teacher: Mapping[str, Any], weights: Optional[PathLike] = None
+    teacher: Mapping[str, Any], weights: Optional[PathLike] = None, *, lenient: bool = False
 ) -> Optional[TextEncoder]:
     """Create the (unbuilt) text encoder of a teacher, or ``None`` if its type has none.
 
@@ -595,6 +595,9 @@ def build_text_encoder(
             ``pretrained``).
         weights: local text weights replacing the download: a checkpoint file for ``open_clip``,
             a ``save_pretrained`` directory for ``siglip2``.
+        lenient: a teacher whose text model this package cannot name gets no text tower (a
+            logged warning) instead of an error; for Hugging Face repositories, whose original
+            code builds no text towers at all.
 
     Returns:
         An ``OpenClipTextEncoder`` or ``SigLIP2TextEncoder``, or ``None`` for other teacher types.
@@ -607,12 +610,18 @@ def build_text_encoder(
         return None
     name = str(teacher.get("name", ""))
     model = teacher.get("model")
-    if not isinstance(model, str) or not model:
-        raise ValueError(
-            f"Teacher '{name}' of type '{teacher_type}' has no 'model' naming its text tower."
-        )
-    if teacher_type == "open_clip":
-        return OpenClipTextEncoder(
-            model, teacher.get("pretrained"), weights=weights, teacher_name=name
-        )
-    return SigLIP2TextEncoder(model, weights=weights, teacher_name=name)
+    try:
+        if not isinstance(model, str) or not model:
+            raise ValueError(
+                f"Teacher '{name}' of type '{teacher_type}' has no 'model' naming its text tower."
+            )
+        if teacher_type == "open_clip":
+            return OpenClipTextEncoder(
+                model, teacher.get("pretrained"), weights=weights, teacher_name=name
+            )
+        return SigLIP2TextEncoder(model, weights=weights, teacher_name=name)
+    except ValueError as e:
+        if not lenient:
+            raise
+        _logger.warning("%s; adaptor '%s' is loaded without a text tower.", e, name)
+        return None

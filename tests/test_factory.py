@@ -120,3 +120,19 @@ def test_a_revision_without_a_repository_id_is_not_silently_ignored(tmp_path):
     make_checkpoint(tmp_path / "m.pth.tar")
     with pytest.warns(UserWarning, match="revision='v1' applies to Hugging Face repository ids"):
         radio_model(str(tmp_path / "m.pth.tar"), revision="v1")
+
+
+def test_an_unknown_text_model_fails_a_file_but_not_a_repository(tmp_path, caplog):
+    """adaptors.md §7: the original's lookup of an unknown SigLIP2 model fails the load (KeyError);
+    hf-format.md §5.1: a repository's original code builds no text towers, so its vision heads load."""
+    teacher = {"name": "siglip2-g", "type": "siglip2", "model": "siglip2-huge"}
+    ck = make_checkpoint(tmp_path / "m.pth.tar", teachers=[teacher, {"name": "clip", "type": "generic"}])
+    with pytest.raises(KeyError, match="unknown siglip2 model 'siglip2-huge'"):
+        radio_model(str(tmp_path / "m.pth.tar"), adaptor_names="siglip2-g")
+    repo = write_remote_code_repo(ck, tmp_path / "repo")
+    with caplog.at_level("WARNING", logger="radio.text_encoders"):
+        model = radio_model(str(repo), adaptor_names="siglip2-g")
+    assert not model.adaptors["siglip2-g"].has_text and "loaded without a text tower" in caplog.text
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 32, 32))
+    assert out["siglip2-g"].features.shape[:2] == (1, 4)
