@@ -147,6 +147,10 @@ def resolve_indices(indices: Union[int, Sequence[int], None], depth: int) -> Lis
         if indices.is_floating_point() or indices.dtype == torch.bool:
             raise TypeError(f"indices must hold integers, got a {indices.dtype} tensor")
         indices = indices.tolist()
+    elif type(indices).__module__ == "numpy" and hasattr(indices, "tolist"):  # an array or NumPy scalar
+        if getattr(indices.dtype, "kind", "") not in ("i", "u"):
+            raise TypeError(f"indices must hold integers, got a NumPy {indices.dtype} value")
+        indices = indices.tolist()
     if isinstance(indices, bool) or isinstance(indices, str) or not isinstance(indices, (numbers.Integral, Sequence)):
         raise TypeError(f"indices must be None, an int or a sequence of ints (block indices), got "
                         f"{type(indices).__name__} {indices!r}")

@@ -424,7 +424,8 @@ class RADIOModel(nn.Module):
         x = self._condition(x)
         grid = self.model.grid_size(x)
         blocks = ((i, [t]) for i, t in self.model.iter_blocks(x, stop=selected[-1] if stop_early else None))
-        emitted, last = self._collect_intermediates(blocks, 1, selected, aggregation, norm_alpha_scheme)
+        emitted, last = self._collect_intermediates(blocks, 1, selected, aggregation, norm_alpha_scheme,
+                                                    selected[-1] if stop_early else len(self.model.blocks) - 1)
         final_norm = self.model.norm if norm else nn.Identity()
         results = self._format_intermediates(emitted[0], final_norm, grid, output_fmt, return_prefix_tokens)
         if intermediates_only:
@@ -439,7 +440,7 @@ class RADIOModel(nn.Module):
             raise ValueError(f"norm_alpha_scheme must be one of {ALPHA_SCHEMES}, got {norm_alpha_scheme!r}")
 
     def _collect_intermediates(self, blocks: Iterator[Tuple[int, Sequence[torch.Tensor]]], n: int,
-                               selected: List[int], aggregation: str, norm_alpha_scheme: str
+                               selected: List[int], aggregation: str, norm_alpha_scheme: str, last_block: int
                                ) -> Tuple[List[List[torch.Tensor]], Sequence[torch.Tensor]]:
         """The selected blocks' (normalized, maybe group-averaged) tokens, for ``n`` token sequences.
 
@@ -448,6 +449,7 @@ class RADIOModel(nn.Module):
             n: number of sequences (1 for a dense batch, one per image when packed).
             selected: ascending block indices to emit.
             aggregation, norm_alpha_scheme: as in :meth:`forward_intermediates`.
+            last_block: the last block that runs (``selected[-1]`` with ``stop_early``).
 
         Returns:
             ``(emitted[j] = one tensor per selected block, the last block's tokens per sequence)``.
@@ -456,8 +458,12 @@ class RADIOModel(nn.Module):
         depth = len(self.model.blocks)
         if normalizer is None or norm_alpha_scheme == "none":
             normalizer = NullIntermediateNormalizer()
-        elif normalizer.num_layers < depth:
-            raise ValueError(f"the intermediate normalizer covers {normalizer.num_layers} blocks, the model has {depth}")
+        else:  # it must cover every block it normalizes: the selected ones, or every block run when dense
+            used = selected[-1] if aggregation == "sparse" else last_block
+            if used >= normalizer.num_layers:
+                raise ValueError(f"the intermediate normalizer covers blocks 0..{normalizer.num_layers - 1} of {depth}; "
+                                 f"this call normalizes block {used}. Select earlier blocks (with stop_early=True "
+                                 "for dense aggregation) or pass norm_alpha_scheme='none'.")
         skip = self.num_summary_tokens  # each sequence's own prefix tokens pass through the normalizer
         wanted = set(selected)
         emitted: List[List[torch.Tensor]] = [[] for _ in range(n)]
@@ -608,7 +614,8 @@ class RADIOModel(nn.Module):
         selected = resolve_indices(indices, len(self.model.blocks))
         blocks = ((i, segments.split(tokens)) for i, tokens, segments in
                   self.model.iter_blocks_packed(patches, grids, stop=selected[-1] if stop_early else None))
-        emitted, last = self._collect_intermediates(blocks, len(grids), selected, aggregation, norm_alpha_scheme)
+        emitted, last = self._collect_intermediates(blocks, len(grids), selected, aggregation, norm_alpha_scheme,
+                                                    selected[-1] if stop_early else len(self.model.blocks) - 1)
         final_norm = self.model.norm if norm else nn.Identity()
         results: list = []
         for j, grid in enumerate(grids):

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, List
 
+import numpy as np
 import pytest
 import torch
 
@@ -390,6 +391,7 @@ BAD_INDICES = [
     ("float", 1.5, TypeError),
     ("bool", True, TypeError),
     ("float_tensor", torch.tensor([1.0]), TypeError),
+    ("float_array", np.array([1.0]), TypeError),
     ("out_of_range", [2], ValueError),
     ("last_zero", 0, ValueError),
     ("empty", [], ValueError),
@@ -407,8 +409,9 @@ def test_forward_intermediates_int_indices_still_work(pristine, x01):
     by_list = model.forward_intermediates(x01, indices=[1, -2], intermediates_only=True)
     by_count = model.forward_intermediates(x01, indices=2, intermediates_only=True)
     by_tensor = model.forward_intermediates(x01, indices=torch.tensor([0, 1]), intermediates_only=True)
-    for a, b, c in zip(by_list, by_count, by_tensor):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    by_array = model.forward_intermediates(x01, indices=np.array([1, 0]), intermediates_only=True)
+    for a, b, c, d in zip(by_list, by_count, by_tensor, by_array):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
 
 
 MISSPELLED = [

@@ -350,3 +350,25 @@ def test_torch_jit_trace_follows_the_input_size(tmp_path, cpe_max_size):
                 expected = model(x)
             assert_close_rel(summary, expected.summary, 1e-6)
             assert_close_rel(features, expected.features, 1e-6)
+
+
+def test_an_intermediate_normalizer_covering_fewer_blocks_serves_the_blocks_it_covers(tmp_path, images):
+    """intermediates.md §4: the normalizer must cover every block index *used*, not every block."""
+    make_checkpoint(tmp_path / "full.pth.tar", depth=4, intermediate_normalizer="per_layer")
+    raw = torch.load(tmp_path / "full.pth.tar", weights_only=False)
+    sd = raw["state_dict"]
+    for key in [k for k in sd if k.startswith("_intermediate_feature_normalizer.")]:
+        sd[key] = sd[key][:2]  # alphas, means and the per-layer rotations of blocks 0 and 1 only
+    torch.save(raw, tmp_path / "partial.pth.tar")
+    full, partial = radio_model(str(tmp_path / "full.pth.tar")), radio_model(str(tmp_path / "partial.pth.tar"))
+    assert (full.inter_feature_normalizer.num_layers, partial.inter_feature_normalizer.num_layers) == (4, 2)
+    x = images(1, 32, 48)
+    with torch.no_grad():
+        for kw in (dict(indices=[0, 1]), dict(indices=[1], aggregation="dense", stop_early=True)):
+            got = partial.forward_intermediates(x, intermediates_only=True, **kw)
+            expected = full.forward_intermediates(x, intermediates_only=True, **kw)
+            assert all(torch.equal(a, b) for a, b in zip(got, expected))
+        for kw in (dict(indices=[2]), dict(indices=[1], aggregation="dense")):  # dense runs every block
+            with pytest.raises(ValueError, match=r"covers blocks 0..1 of 4.*normalizes block [23]"):
+                partial.forward_intermediates(x, **kw)
+
