@@ -63,6 +63,13 @@ class Checkpoint:
     raw: Dict[str, Any]
 
 
+def _unpickler_reason(message: str) -> str:
+    """The unpickler's own reason from torch's weights-only error (e.g. ``Unsupported operand 19``),
+    without torch's advice to retry with ``weights_only=False``, which this package never does."""
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|\n\s*Check the documentation|$)", message, re.DOTALL)
+    return " ".join((m.group(1) if m else message.strip().splitlines()[-1] if message.strip() else message).split())
+
+
 def _rejected_global(message: str) -> Optional[str]:
     m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"global:? ([\w.]+)", message, re.IGNORECASE)
     return m.group(1) if m else None
@@ -100,8 +107,9 @@ def read_checkpoint_file(path: PathLike, extra_safe_globals: Sequence[type] = ()
             name = _rejected_global(str(e))
             if name is None:  # not a rejected global: the bytes are not a pickle/torch archive at all
                 raise CheckpointError(
-                    f"{path} is not a PyTorch checkpoint (the unpickler says: {e}). Check the path; a RADIO "
-                    "checkpoint is a .pth.tar file written by torch.save (or a Hugging Face directory)."
+                    f"{path} is not a PyTorch checkpoint (the unpickler says: {_unpickler_reason(str(e))}). Check "
+                    "the path; a RADIO checkpoint is a .pth.tar file written by torch.save (or a Hugging Face "
+                    "directory)."
                 ) from None
             raise UnsafeCheckpointError(
                 f"Refusing to load {path}: it needs the Python global {name!r}, which is "

@@ -53,8 +53,11 @@ def nearest_supported_resolution(height: float, width: float, step: int,
     return Resolution(*sides)
 
 
-def check_image_batch(x: torch.Tensor, step: int, channels: int = 3) -> None:
+def check_image_batch(x: torch.Tensor, step: int, channels: int = 3, max_resolution: Optional[int] = None) -> None:
     """Raise for anything that is not a floating ``(B, channels, H, W)`` batch with sides multiples of ``step``.
+
+    ``max_resolution`` (the release's, when known) only shapes the suggested size, which is what
+    ``get_nearest_supported_resolution`` gives.
 
     Raises:
         TypeError: not a tensor, or not floating point.
@@ -76,7 +79,7 @@ def check_image_batch(x: torch.Tensor, step: int, channels: int = 3) -> None:
         raise ValueError(f"the image batch is empty (shape {tuple(x.shape)}); pass at least one image of at "
                          f"least {step}x{step} pixels.")
     if h % step or w % step:
-        nearest = nearest_supported_resolution(h, w, step)
+        nearest = nearest_supported_resolution(h, w, step, max_resolution)  # what the model's helper says
         raise ValueError(
             f"Input size {h}x{w} is not supported: height and width must be multiples of "
             f"min_resolution_step={step}. The nearest supported size is {nearest.height}x{nearest.width}; "

@@ -290,7 +290,7 @@ class RADIOModel(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         """Shape errors, then (eager calls only) warnings for likely mistakes in the values."""
-        check_image_batch(x, self.min_resolution_step)
+        check_image_batch(x, self.min_resolution_step, max_resolution=self.config.release.max_resolution)
         check_image_values(x, standardizes=not isinstance(self.input_conditioner, nn.Identity),
                            max_resolution=self.config.release.max_resolution, warned=self._warned)
 
@@ -543,7 +543,8 @@ class RADIOModel(nn.Module):
             for i, img in enumerate(images):  # shapes only (no pass over the pixels): the forward's own messages
                 if torch.is_tensor(img) and img.ndim == 3:
                     try:
-                        check_image_batch(img.unsqueeze(0), self.min_resolution_step)
+                        check_image_batch(img.unsqueeze(0), self.min_resolution_step,
+                                          max_resolution=self.config.release.max_resolution)
                     except (TypeError, ValueError) as e:
                         raise type(e)(f"image {i}: {e}") from None
         packed = PackedImages(*images) if is_packed else pack_images(images, ps)  # type, dtype, device checks

@@ -52,6 +52,7 @@ def test_garbage_file_is_not_a_pytorch_checkpoint(tmp_path, content):
         radio_model(str(tmp_path / "junk.pth.tar"))
     assert not isinstance(info.value, UnsafeCheckpointError)  # random bytes are not an attack
     assert "not a PyTorch checkpoint" in str(info.value) or "truncated or corrupt" in str(info.value)
+    assert "weights_only" not in str(info.value)  # never torch's advice to unpickle unsafely
 
 
 @pytest.mark.parametrize("wrap", [False, True])

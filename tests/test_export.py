@@ -137,6 +137,15 @@ def test_transformers_export_blockers_and_opt_in(tmp_path, caplog):
         export_transformers(vit, tmp_path / "z", drop_unsupported=True)
 
 
+def test_transformers_export_refuses_eradio_with_its_blocker(tmp_path):
+    from eradio_writer import make_eradio_checkpoint
+
+    w = make_eradio_checkpoint(tmp_path / "e.pth.tar", "eradio_xxxtiny")
+    with pytest.raises(ValueError, match="not a RADIO CPE ViT \\(e.g. E-RADIO\\)"):
+        export_transformers(radio_model(w.path), tmp_path / "e", drop_unsupported=True)
+    assert not (tmp_path / "e").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Layout A as the original writes it (hf-format.md §2-§3), compared with tests/hf_writer.py
 

@@ -65,3 +65,12 @@ def test_values_of_an_input_that_requires_grad_raise_no_torch_warning():
         check_image_values(x, standardizes=True, max_resolution=None, warned=set())
     with pytest.warns(UserWarning, match="0-255"):
         check_image_values(x * 255, standardizes=True, max_resolution=None, warned=set())
+
+
+def test_the_suggested_size_is_what_the_models_helper_gives():
+    """The error names get_nearest_supported_resolution(h, w), so it must suggest that helper's answer."""
+    x = torch.zeros(1, 3, 2100, 20)
+    with pytest.raises(ValueError, match="nearest supported size is 2048x16") as info:
+        check_image_batch(x, 16, max_resolution=2048)
+    assert tuple(nearest_supported_resolution(2100, 20, 16, 2048)) == (2048, 16)
+    assert "get_nearest_supported_resolution(2100, 20)" in str(info.value)

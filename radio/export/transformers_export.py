@@ -29,7 +29,11 @@ _LN_EPS = 1e-6
 
 
 def _spec(model: nn.Module):
-    return getattr(getattr(model, "model", None), "spec", None)
+    """The ViT's :class:`radio.architectures.ArchSpec`, or ``None`` for any other backbone (E-RADIO)."""
+    from ..architectures import ArchSpec
+
+    spec = getattr(getattr(model, "model", None), "spec", None)
+    return spec if isinstance(spec, ArchSpec) else None
 
 
 def transformers_export_blockers(model: nn.Module) -> Tuple[List[str], List[str]]:
