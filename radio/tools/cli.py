@@ -3,7 +3,8 @@
 ``radio extract`` writes the summary and dense features of many images (files or directories) to
 safetensors / ``.pt`` / ``.npy`` files, resumably, skipping unreadable images, optionally split over
 processes with ``torchrun --nproc_per_node N -m radio extract ...``. ``radio visualize`` saves the
-first three PCA components of an image's dense features as a colour picture next to the image.
+first three PCA components of an image's dense features as a colour picture beside the image, one
+PNG per image written to ``--out``.
 ``radio verify`` checks a checkpoint file (published SHA-256, finite weights). ``radio export``
 converts a model to pickle-free safetensors, the transformers-native layout or ONNX, optionally
 checking parity. User documentation: ``docs/cli.md`` (export: ``docs/deployment.md``).
