@@ -141,7 +141,7 @@ def test_native_layout_reads_both_name_sets(tmp_path, images, names):
         k = k.replace(".grandma", ".gamma")
         assert torch.equal(got.state_dict[f"base_model.{k}"], v), k
     official = radio_model(w.path)
-    _compare_models(official, _build(repo), images(2, 48, 80), tol=0.0)
+    _compare_models(official, _build(repo), images(2, 48, 64), tol=0.0)
 
 
 def test_native_metadata_from_hub_cache_path(tmp_path):
