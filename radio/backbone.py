@@ -155,6 +155,11 @@ class RadioViT(nn.Module):
                 num_prefix_tokens=prefix, **factory)
             for j in range(spec.depth)
         ])
+        if spec.scaled_ln and spec.qk_norm:  # only norm1/norm2 are scaled: the q/k norms stay plain LayerNorms
+            head_dim = spec.embed_dim // spec.num_heads
+            for blk in self.blocks:
+                blk.attn.q_norm = nn.LayerNorm(head_dim, eps=LN_EPS, **factory)
+                blk.attn.k_norm = nn.LayerNorm(head_dim, eps=LN_EPS, **factory)
         self.norm = nn.LayerNorm(spec.embed_dim, eps=LN_EPS, **factory) if final_norm else nn.Identity()
         self.grad_checkpointing = False
 

@@ -43,11 +43,12 @@ def nearest_supported_resolution(height: float, width: float, step: int,
     Raises:
         ValueError: a side that is not a positive finite number.
     """
-    for name, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+    sides = []
+    for name, v in (("height", height), ("width", width)):  # NumPy numbers too; bools are not sizes
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a positive finite number of pixels, got {v!r}")
+        sides.append(nearest_multiple(float(v), step))
     cap = None if max_resolution is None else max((max_resolution // step) * step, step)
-    sides = [nearest_multiple(v, step) for v in (height, width)]
     if cap is not None:
         sides = [min(s, cap) for s in sides]
     return Resolution(*sides)

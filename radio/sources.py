@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .versions import VERSIONS, RadioVersion, get_version, version_for_hf_repo
 
-__all__ = ["Source", "is_repo_id", "looks_like_path", "resolve_source"]
+__all__ = ["CheckpointNotFoundError", "Source", "is_repo_id", "looks_like_path", "resolve_source"]
 
 _FILE_SUFFIXES = (".pth", ".tar", ".pt", ".safetensors")
 
@@ -38,6 +38,14 @@ def looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.endswith(_FILE_SUFFIXES)
 
 
+class CheckpointNotFoundError(FileNotFoundError, KeyError):
+    """A ``version`` meant as a local path that does not exist (a ``KeyError`` too: the original,
+    finding no such file, looks the text up in its version table)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
 def is_repo_id(text: str) -> bool:
     """``org/name`` that is not a local path: a Hugging Face Hub model repository."""
     parts = text.split("/")
@@ -50,7 +58,8 @@ def resolve_source(version: Any, checkpoint_path: Any = None) -> Source:
 
     Raises:
         TypeError: arguments that are not strings or paths.
-        FileNotFoundError: something meant as a path that does not exist.
+        CheckpointNotFoundError: something meant as a path that does not exist (a
+            ``FileNotFoundError`` and a ``KeyError``).
         UnknownVersionError: a name that is neither a release, a repository id nor a path (lists the
             known releases).
     """
@@ -72,5 +81,5 @@ def resolve_source(version: Any, checkpoint_path: Any = None) -> Source:
     if is_repo_id(version):
         return Source(None, version_for_hf_repo(version), repo_id=version)
     if looks_like_path(version):
-        raise FileNotFoundError(f"Checkpoint file or directory not found: {version}")
+        raise CheckpointNotFoundError(f"Checkpoint file or directory not found: {version}")
     return Source(None, get_version(version))  # an unknown name: the error lists the known ones

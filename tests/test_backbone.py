@@ -194,11 +194,13 @@ def test_vitdet_rejects_unwindowable_depth(tmp_path):
         radio_model(str(tmp_path / "d2.pth.tar"), vitdet_window_size=2)
 
 
-@pytest.mark.parametrize("dtype,tol", [(None, 1e-5), (torch.bfloat16, 1e-2)])
-def test_giant_scaled_layernorm(dtype, tol, tmp_path, images):
+@pytest.mark.parametrize("dtype,tol,qk_norm", [(None, 1e-5, False), (torch.bfloat16, 1e-2, False), (None, 1e-5, True)])
+def test_giant_scaled_layernorm(dtype, tol, qk_norm, tmp_path, images):
+    """model.md §2.3: only norm1/norm2 are scaled; q/k norms (qk_norm) stay plain LayerNorms."""
     ck = make_checkpoint(tmp_path / "g.pth.tar", model="vit_giant_patch16_224", depth=3, args_dtype=dtype,
+                         qk_norm=qk_norm,
                          extra_args={"model_kwargs": {"depth": 3, "embed_dim": 32, "num_heads": 2,
-                                                      "scaled_ln": True}})
+                                                      "scaled_ln": True, "qk_norm": qk_norm}})
     model = radio_model(str(tmp_path / "g.pth.tar"))
     scale = model.model.blocks[2].norm1.ln_scale
     assert torch.equal(scale, torch.tensor(3 ** -0.5).to(dtype or torch.float32))

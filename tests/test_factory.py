@@ -28,10 +28,12 @@ def test_source_kinds(tmp_path):
     src = _resolve_source("nvidia/C-RADIOv3-B", None)
     assert src.repo_id == "nvidia/C-RADIOv3-B" and src.release is VERSIONS["c-radio_v3-b"]
     assert _resolve_source("radio_v2.5-b", f).release is VERSIONS["radio_v2.5-b"]
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found") as info:
         _resolve_source(str(tmp_path / "missing.pth.tar"), None)
-    with pytest.raises(ValueError, match="Unknown RADIO version 'nope'"):
+    assert isinstance(info.value, KeyError)  # model.md §1: the original then fails its table lookup
+    with pytest.raises(ValueError, match="Unknown RADIO version 'nope'") as info:
         _resolve_source("nope", None)
+    assert isinstance(info.value, KeyError)
 
 
 def test_repo_id_offline_is_one_clear_error(monkeypatch):

@@ -3,6 +3,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from radio.input_checks import check_image_batch, check_image_values, is_tracing
     (3000, 50, 16, 256, (256, 48)),      # capped at the max
     (3000, 50, 32, 250, (224, 64)),      # the cap itself rounded down to the step
     (24, 24, 16, None, (32, 32)),        # ties to even, as Python's round
+    (np.int64(100), np.float32(37.0), 16, None, (96, 32)),  # NumPy numbers (e.g. from an image's shape)
 ])
 def test_nearest_supported_resolution(h, w, step, cap, expected):
     assert tuple(nearest_supported_resolution(h, w, step, cap)) == expected
