@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .input_checks import check_image_batch, resolve_indices
+from .input_checks import check_image_batch, is_tracing, resolve_indices
 
 __all__ = [
     'ERadioSpec',
@@ -403,15 +403,10 @@ def _needs_autograd(tensors: Iterable[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _tracing() -> bool:
-    """A tracer or compiler is running (no module state may change, no cache is meaningful)."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def _uncached(tensors: Iterable[Optional[Tensor]]) -> bool:
     """Compute derived weights directly (no cache): autograd needs them, or a tracer / compiler
     is running (caches keyed on storage pointers mean nothing to fake tensors)."""
-    if _tracing():
+    if is_tracing():
         return True
     return _needs_autograd(tensors)
 
@@ -784,7 +779,7 @@ class PosEmbMLPSwinv2D(nn.Module):
         The first call at a window other than the construction window rebuilds the coordinate
         table of the construction window (see the class doc).
         """
-        if window != self.pretrained_window and not self._table_rebuilt and not _tracing():
+        if window != self.pretrained_window and not self._table_rebuilt and not is_tracing():
             self._rebuild_coords_table()
         params = tuple(self.cpb_mlp.parameters()) + (self.relative_coords_table,)
         if self.training or _uncached(params):

@@ -25,6 +25,15 @@ def _build(path, adaptor_names=None):
     return radio_model(str(path), adaptor_names=adaptor_names)
 
 
+def _assert_heads_by_name_equal_heads_by_index(by_name, by_index, names):
+    """The HF layout keys heads by teacher name, the official file by teacher index: same tensors."""
+    for i, name in enumerate(names):
+        for group in ("_heads", "_feature_projections"):
+            ours = {k[len(f"{group}.{name}."):]: v for k, v in by_name.items() if k.startswith(f"{group}.{name}.")}
+            theirs = {k[len(f"{group}.{i}."):]: v for k, v in by_index.items() if k.startswith(f"{group}.{i}.")}
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def _compare_models(a, b, x, tol=1e-6):
     with torch.no_grad():
         oa, ob = a(x), b(x)
@@ -59,12 +68,7 @@ def test_remote_code_state_dict_equals_official(plain, tmp_path):
     for k in shared:
         assert torch.equal(got.state_dict[k], official[k].float()), k
     # heads are keyed by name in the HF layout and by index in the official file
-    for i, name in enumerate(ALL):
-        for group in ("_heads", "_feature_projections"):
-            ours = {k[len(f"{group}.{name}."):]: v for k, v in got.state_dict.items()
-                    if k.startswith(f"{group}.{name}.")}
-            theirs = {k[len(f"{group}.{i}."):]: v for k, v in official.items() if k.startswith(f"{group}.{i}.")}
-            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_heads_by_name_equal_heads_by_index(got.state_dict, official, ALL)
     assert got.args.teachers[2]["token_slot"] == 5
     assert vars(got.args).keys() - {"damp"} == vars(plain.args).keys() - {"damp"}
     assert got.metadata.version == "c-radio_v4-h" and got.metadata.patch_size == 16
@@ -331,12 +335,7 @@ def test_eradio_remote_code_repo_state_dict_equals_official(eradio, caplog):
     assert sorted(non_head) == sorted(expected)
     for k, v in expected.items():
         assert non_head[k].dtype == v.dtype and torch.equal(non_head[k], v), k
-    for i, name in enumerate(ERADIO_NAMES):
-        for group in ("_heads", "_feature_projections"):
-            ours = {k[len(f"{group}.{name}."):]: v for k, v in got.state_dict.items()
-                    if k.startswith(f"{group}.{name}.")}
-            theirs = {k[len(f"{group}.{i}."):]: v for k, v in official.items() if k.startswith(f"{group}.{i}.")}
-            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_heads_by_name_equal_heads_by_index(got.state_dict, official, ERADIO_NAMES)
     # the remote-code summary_idxs [0, 1] has no effect on E-RADIO: noted, not warned about
     assert "hub rule" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert got.metadata.version == "e-radio_v2" and got.metadata.preferred_resolution == (512, 512)

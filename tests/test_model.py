@@ -23,21 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL = ["clip", "dino_v2", "sam"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("api") / "tiny.pth.tar"
-    written = make_checkpoint(path, depth=4, cpe_max_size=64, intermediate_normalizer="shared",
-                              feature_normalizer=True)
-    return path, written
-
-
 @pytest.fixture
-def model(ckpt):
-    return radio_model(str(ckpt[0]))
+def model(normalized_ckpt):
+    return radio_model(str(normalized_ckpt[0]))
 
 
-def test_properties(model, ckpt):
-    _, w = ckpt
+def test_properties(model, normalized_ckpt):
+    _, w = normalized_ckpt
     assert model.patch_size == 16 and model.window_size is None and model.min_resolution_step == 16
     assert model.num_cls_tokens == w.num_cls_tokens == 3
     assert model.num_summary_tokens == w.num_cls_tokens + w.num_registers == 8
@@ -171,11 +163,11 @@ def test_num_tokens_is_not_for_vits(model, images):
         model(images(1, 32, 32), num_tokens=64)
 
 
-def test_grad_checkpointing_keeps_outputs_and_gradients(ckpt, images):
+def test_grad_checkpointing_keeps_outputs_and_gradients(normalized_ckpt, images):
     x = images(2, 32, 48)
     grads = []
     for enable in (False, True):
-        model = radio_model(str(ckpt[0])).train()
+        model = radio_model(str(normalized_ckpt[0])).train()
         model.model.patch_generator.pos_dropout = 0.0
         model.set_grad_checkpointing(enable)
         assert model.model.grad_checkpointing is enable
@@ -187,8 +179,8 @@ def test_grad_checkpointing_keeps_outputs_and_gradients(ckpt, images):
     torch.testing.assert_close(grads[0][1], grads[1][1])
 
 
-def test_prune_intermediate_layers(ckpt, images):
-    model = radio_model(str(ckpt[0]))
+def test_prune_intermediate_layers(normalized_ckpt, images):
+    model = radio_model(str(normalized_ckpt[0]))
     x = images(1, 32, 32)
     with torch.no_grad():
         inter = model.forward_intermediates(x, indices=[1], intermediates_only=True, output_fmt="NLC")
@@ -202,39 +194,39 @@ def test_prune_intermediate_layers(ckpt, images):
 # Loading: radio_model keywords, torch.hub
 
 
-def test_checkpoint_path_kwarg_and_metadata_overrides(ckpt, monkeypatch):
+def test_checkpoint_path_kwarg_and_metadata_overrides(normalized_ckpt, monkeypatch):
     import dataclasses
 
     from radio import CheckpointError
     from radio.versions import VERSIONS
 
-    m = radio_model(checkpoint_path=ckpt[0], preferred_resolution=(64, 32), max_resolution=512)
+    m = radio_model(checkpoint_path=normalized_ckpt[0], preferred_resolution=(64, 32), max_resolution=512)
     assert m.preferred_resolution == Resolution(64, 32) and m.max_resolution == 512
     # the tiny file is not a ViT-B: under the release's name it is refused, naming both architectures
     with pytest.raises(CheckpointError, match=r"does not match release 'radio_v2.5-b' \(patch 16, width 768, depth 12\)"):
-        radio_model("radio_v2.5-b", checkpoint_path=ckpt[0])
+        radio_model("radio_v2.5-b", checkpoint_path=normalized_ckpt[0])
     monkeypatch.setitem(VERSIONS, "radio_v2.5-b", dataclasses.replace(VERSIONS["radio_v2.5-b"], width_depth=None))
-    named = radio_model("radio_v2.5-b", checkpoint_path=ckpt[0])
+    named = radio_model("radio_v2.5-b", checkpoint_path=normalized_ckpt[0])
     assert named.preferred_resolution == (768, 768) and named.version == "radio_v2.5-b"
     with pytest.raises(CheckpointError, match="patch 16"):
-        radio_model("radio_v2.5-g", checkpoint_path=ckpt[0])  # a patch-14 release
+        radio_model("radio_v2.5-g", checkpoint_path=normalized_ckpt[0])  # a patch-14 release
 
 
-def test_extra_kwargs_are_accepted_but_neck_is_checked(ckpt, model, images):
+def test_extra_kwargs_are_accepted_but_neck_is_checked(normalized_ckpt, model, images):
     with pytest.warns(UserWarning, match="ignores the unknown keyword argument 'return_spatial_features'"):
-        extra = radio_model(str(ckpt[0]), return_spatial_features=True)
+        extra = radio_model(str(normalized_ckpt[0]), return_spatial_features=True)
     x = images(1, 32, 32)
     with torch.no_grad():
         a, b = extra(x), model(x)
     assert torch.equal(a.summary, b.summary) and torch.equal(a.features, b.features)  # the keyword changes nothing
     with pytest.raises(ValueError, match="neck_name='neck' only applies to RADIO1D"):
-        radio_model(str(ckpt[0]), neck_name="neck")
+        radio_model(str(normalized_ckpt[0]), neck_name="neck")
 
 
-def test_torch_hub_load_local(ckpt, images):
+def test_torch_hub_load_local(normalized_ckpt, images):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = torch.hub.load(str(ROOT), "radio_model", source="local", version=str(ckpt[0]), progress=False)
+        model = torch.hub.load(str(ROOT), "radio_model", source="local", version=str(normalized_ckpt[0]), progress=False)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("hubconf_under_test", ROOT / "hubconf.py")
@@ -242,7 +234,7 @@ def test_torch_hub_load_local(ckpt, images):
     spec.loader.exec_module(hubconf)
     doc = hubconf.radio_model.__doc__  # what torch.hub.help shows
     assert "adaptor_names" in doc and "vitdet_window_size" in doc
-    direct = radio_model(str(ckpt[0]))
+    direct = radio_model(str(normalized_ckpt[0]))
     x = images(1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).features, direct(x).features)

@@ -656,9 +656,9 @@ def _export_onnx_file(args: argparse.Namespace, source: Source, out: Path, adapt
         _logger.info("E-RADIO: exporting at the preferred resolution %dx%d (--fixed-size HxW for another size)",
                      *fixed)
     try:
-        info = onnx_export.export_onnx(model, out, adaptor_names=adaptors, opset=opset, dtype=args.dtype,
-                                       external_preprocessing=args.external_preprocessing,
-                                       example_size=fixed, dynamic=fixed is None)
+        info = onnx_export.export_onnx(model, out, adaptor_names=adaptors, opset=opset, dtype=args.dtype or "float32",
+                                       external_preprocessing=args.external_preprocessing, example_size=fixed,
+                                       dynamic=fixed is None)
     except ValueError as e:
         raise UsageError(_in_cli_words(e)[0]) from e
     sizes = "dynamic height and width" if info.dynamic else "fixed size {}x{}".format(*info.export_size)
@@ -667,7 +667,7 @@ def _export_onnx_file(args: argparse.Namespace, source: Source, out: Path, adapt
                      f"{info.input_name}; outputs: {', '.join(info.output_names)})\n")
     if not args.verify:
         return 0
-    tol = onnx_export.FP32_TOLERANCE if args.dtype == "float32" else onnx_export.FP16_TOLERANCE
+    tol = onnx_export.FP32_TOLERANCE if info.dtype == "float32" else onnx_export.FP16_TOLERANCE
     try:
         errors = onnx_export.verify_onnx(model, info.path, tol=float("inf"))  # measure all; judged below
     except onnx_export.OnnxVerificationError as e:  # an output of the wrong shape
@@ -706,8 +706,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.drop_unsupported and args.to != "transformers":
         raise UsageError(f"--drop-unsupported applies to --to transformers; --to {args.to} keeps every adaptor and "
                          "normalizer (drop --drop-unsupported)")
-    if args.dtype is None:
-        args.dtype = "float32"
     if args.to == "onnx":
         fixed = _parse_fixed_size(args.fixed_size) if args.fixed_size is not None else None
         opset = DEFAULT_OPSET if args.opset is None else args.opset

@@ -151,14 +151,6 @@ def test_forward_packed_equals_per_image_forward_and_refuses_training():
 # Through a loaded model: training viewports, position dropout, crop-only tables of real files.
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pg") / "tiny.pth.tar"
-    written = make_checkpoint(path, depth=4, cpe_max_size=64, intermediate_normalizer="shared",
-                              feature_normalizer=True)
-    return path, written
-
-
 def _viewport_groups(feats):
     """Indices of equal rows (numerically) of a (B, ...) tensor."""
     labels, reps = [], []
@@ -173,8 +165,8 @@ def _viewport_groups(feats):
     return labels
 
 
-def test_training_mode_random_viewports_and_video_sharing(ckpt, images):
-    model = radio_model(str(ckpt[0])).train()
+def test_training_mode_random_viewports_and_video_sharing(normalized_ckpt, images):
+    model = radio_model(str(normalized_ckpt[0])).train()
     model.model.patch_generator.pos_dropout = 0.0  # isolate the viewport draw
     x = images(1, 32, 48).expand(6, -1, -1, -1)
     torch.manual_seed(0)
@@ -191,8 +183,8 @@ def test_training_mode_random_viewports_and_video_sharing(ckpt, images):
     assert len(set(_viewport_groups(ev))) == 1
 
 
-def test_training_position_dropout(ckpt, images):
-    model = radio_model(str(ckpt[0])).train()
+def test_training_position_dropout(normalized_ckpt, images):
+    model = radio_model(str(normalized_ckpt[0])).train()
     pg = model.model.patch_generator
     pg.pos_dropout = 1.0  # every sample loses its position embedding
     x = images(2, 32, 32)
@@ -203,9 +195,9 @@ def test_training_position_dropout(ckpt, images):
     assert torch.equal(tokens, no_pos)
 
 
-def test_training_viewport_matches_spec_draws(ckpt):
+def test_training_viewport_matches_spec_draws(normalized_ckpt):
     """The training crop follows the spec's draw order and grid_sample formula."""
-    model = radio_model(str(ckpt[0])).train()
+    model = radio_model(str(normalized_ckpt[0])).train()
     pg = model.model.patch_generator
     pg.pos_dropout = 0.0
     torch.manual_seed(5)
